@@ -1,1 +1,364 @@
-fn main() {}
+//! The `cartpulse` binary: the only place that uses `anyhow`.
+
+mod bench;
+mod config;
+
+use anyhow::{bail, Context, Result};
+use cartpulse_connectors::{
+    build_sink, build_source, FileFormat, FileSource, FileSourceConfig, GenSource, JsonlDirSink,
+    SourceConfig,
+};
+use cartpulse_engine::{Handle, Pipeline, PipelineConfig, RunSummary, Sink, Source};
+use cartpulse_model::CsvConfig;
+use clap::{Parser, Subcommand, ValueEnum};
+use config::AppConfig;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "cartpulse", version, about = "Real-time shopping-cart stream processing")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate a realistic, seeded cart event file (JSON lines).
+    Gen(GenArgs),
+    /// Run the default pipeline over a file to its end.
+    Replay(ReplayArgs),
+    /// Run the pipeline described by a config file.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Live demo: generated traffic, the full pipeline, and HTTP on 127.0.0.1:8080.
+    Demo(DemoArgs),
+    /// Measure throughput, latency, memory and checkpoint cost.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct GenArgs {
+    #[arg(long)]
+    events: u64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long)]
+    out: PathBuf,
+    /// Where to write the labelled abnormal actors (JSON).
+    #[arg(long)]
+    truth: Option<PathBuf>,
+    /// Generator settings (TOML with the fields of the generator config).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Events per simulated second.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Event time of the first event, epoch ms.
+    #[arg(long)]
+    start_ms: Option<i64>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum InputFormat {
+    Json,
+    Csv,
+    /// CSV laid out like the public e-commerce clickstream export.
+    Clickstream,
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    #[arg(long)]
+    input: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// e.g. `200ms`, `10s`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    checkpoint_interval: Option<Duration>,
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Pipeline settings and a CSV mapping (the `[pipeline]` and `[source]` sections).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    format: Option<InputFormat>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: std::net::SocketAddr,
+    /// Events per second of generated traffic.
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Where results are written (default: a fresh temporary directory).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Inactivity after which a cart is reported abandoned.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
+    abandon_after: Duration,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    if let Err(e) = dispatch(cli.cmd) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logs(f: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match f {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn dispatch(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Gen(a) => gen(a),
+        Cmd::Replay(a) => replay(a),
+        Cmd::Run { config } => run_config(&config),
+        Cmd::Demo(a) => demo(a),
+        Cmd::Bench(a) => bench::run(a),
+    }
+}
+
+fn gen(a: GenArgs) -> Result<()> {
+    let mut cfg = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", p.display()))?
+        }
+        None => cartpulse_gen::GenConfig::default(),
+    };
+    cfg.events = a.events;
+    cfg.seed = a.seed;
+    if let Some(r) = a.rate {
+        cfg.events_per_sec = r;
+    }
+    if let Some(s) = a.start_ms {
+        cfg.start_ms = s;
+    }
+    if a.events == 0 {
+        bail!("--events must be at least 1");
+    }
+    let stats = cartpulse_gen::write_file(cfg, &a.out, a.truth.as_deref())?;
+    eprintln!(
+        "wrote {} events ({} duplicates, {} delayed, {:.1} MB) in {:.2}s: {:.2} M events/s",
+        stats.events,
+        stats.duplicates,
+        stats.delayed,
+        stats.bytes as f64 / 1e6,
+        stats.elapsed.as_secs_f64(),
+        stats.events as f64 / stats.elapsed.as_secs_f64().max(1e-9) / 1e6
+    );
+    Ok(())
+}
+
+fn replay(a: ReplayArgs) -> Result<()> {
+    let app = match &a.config {
+        Some(p) => AppConfig::load(p)?,
+        None => AppConfig::default(),
+    };
+    let mut pipeline = app.pipeline.clone();
+    if let Some(n) = a.shards {
+        pipeline.shards = n;
+    }
+    if let Some(d) = &a.checkpoint_dir {
+        pipeline.checkpoint.dir = Some(d.clone());
+    }
+    if let Some(i) = a.checkpoint_interval {
+        pipeline.checkpoint.interval = i;
+    }
+    let mut file_cfg = match app.source {
+        Some(SourceConfig::File(f)) => f,
+        _ => FileSourceConfig::default(),
+    };
+    file_cfg.path = a.input.clone();
+    match a.format {
+        Some(InputFormat::Json) => file_cfg.format = FileFormat::Json,
+        Some(InputFormat::Csv) => file_cfg.format = FileFormat::Csv,
+        Some(InputFormat::Clickstream) => {
+            file_cfg.format = FileFormat::Csv;
+            file_cfg.csv = CsvConfig::clickstream_preset();
+        }
+        None => {}
+    }
+    let source = FileSource::new(file_cfg, pipeline.max_record_bytes);
+    let total = std::fs::metadata(&a.input)
+        .with_context(|| format!("input {}", a.input.display()))?
+        .len();
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonlDirSink::new(&a.out))];
+    let handle = Pipeline::new(pipeline, Box::new(source), sinks).start()?;
+    let summary = with_progress(handle, total, a.quiet)?;
+    report(&summary);
+    Ok(())
+}
+
+/// Shows a progress bar (on a terminal) while the pipeline runs.
+fn with_progress(handle: Handle, total: u64, quiet: bool) -> Result<RunSummary> {
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new(total);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
+            )
+            .expect("valid template"),
+        );
+        b
+    };
+    let metrics = handle.api.metrics.clone();
+    while !handle.is_finished() {
+        bar.set_position(metrics.source_bytes.get().min(total));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bar.finish_and_clear();
+    Ok(handle.join()?)
+}
+
+fn report(s: &RunSummary) {
+    if s.already_finished {
+        tracing::info!(checkpoint = s.restored_from, "already complete: output unchanged");
+        return;
+    }
+    let e = s.commit.emitted;
+    tracing::info!(
+        restored_from = s.restored_from,
+        checkpoints = s.commit.checkpoints,
+        user_windows = e[0],
+        global_windows = e[1],
+        abandoned = e[2],
+        late = e[3],
+        dead_letters = e[4],
+        elapsed_s = s.elapsed.as_secs_f64(),
+        "replay complete"
+    );
+}
+
+fn run_config(path: &Path) -> Result<()> {
+    let app = AppConfig::load(path)?;
+    let Some(src) = &app.source else {
+        bail!("config file {}: key `source`: expected a [source] section", path.display());
+    };
+    if app.sinks.is_empty() {
+        bail!("config file {}: key `sinks`: expected at least one [[sinks]] entry", path.display());
+    }
+    let source = build_source(src, app.pipeline.max_record_bytes);
+    let sinks = app.sinks.iter().map(build_sink).collect();
+    let http = app.http.enabled.then_some(app.http.addr);
+    run_live(Pipeline::new(app.pipeline, source, sinks), http)
+}
+
+fn demo(a: DemoArgs) -> Result<()> {
+    let now = cartpulse_engine::clock::Clock::now_ms(&cartpulse_engine::clock::SystemClock);
+    let gen = cartpulse_gen::GenConfig {
+        seed: a.seed,
+        events: 0,
+        start_ms: now,
+        events_per_sec: a.rate,
+        ..Default::default()
+    };
+    let base = std::env::temp_dir().join(format!("cartpulse-demo-{}", std::process::id()));
+    let out = a.out.clone().unwrap_or_else(|| base.join("out"));
+    let pipeline = PipelineConfig {
+        idle_timeout: Some(Duration::from_secs(2)),
+        abandon_after: a.abandon_after,
+        checkpoint: cartpulse_engine::CheckpointConfig {
+            dir: Some(base.join("checkpoints")),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    eprintln!(
+        "cartpulse demo: {} events/s of generated traffic; results in {}",
+        a.rate,
+        out.display()
+    );
+    eprintln!("  http://{}/api/metrics   /api/carts/<user_id>   /metrics", a.addr);
+    let source: Box<dyn Source> = Box::new(GenSource::new(gen, pipeline.max_record_bytes));
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonlDirSink::new(&out))];
+    run_live(Pipeline::new(pipeline, source, sinks), Some(a.addr))
+}
+
+/// Runs a pipeline with optional HTTP until its input ends or SIGINT/SIGTERM, then stops
+/// gracefully with a final checkpoint.
+fn run_live(p: Pipeline, http: Option<std::net::SocketAddr>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let handle = p.start()?;
+    let api = handle.api.clone();
+    let stopper = handle.stopper();
+    rt.block_on(async move {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        if let Some(addr) = http {
+            let mut rx2 = rx.clone();
+            let server = cartpulse_serve::serve(addr, api, async move {
+                let _ = rx2.wait_for(|v| *v).await;
+            });
+            tokio::spawn(async move {
+                if let Err(e) = server.await {
+                    tracing::error!(error = %e, "http server failed");
+                }
+            });
+        }
+        let join = tokio::task::spawn_blocking(move || handle.join());
+        tokio::pin!(join);
+        let summary = tokio::select! {
+            r = &mut join => r,
+            _ = shutdown_signal() => {
+                tracing::info!("stopping: final checkpoint");
+                stopper.store(true, std::sync::atomic::Ordering::SeqCst);
+                join.await
+            }
+        };
+        let _ = tx.send(true);
+        drop(rx);
+        let summary = summary.map_err(|e| anyhow::anyhow!("pipeline thread: {e}"))??;
+        report(&summary);
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,121 @@
+//! The one config file format: TOML, every section a serde type with defaults, unknown
+//! keys rejected. Errors name the file, the key and what was expected.
+
+use anyhow::Context;
+use cartpulse_connectors::{SinkConfig, SourceConfig};
+use cartpulse_engine::PipelineConfig;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::Path;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppConfig {
+    pub pipeline: PipelineConfig,
+    pub source: Option<SourceConfig>,
+    pub sinks: Vec<SinkConfig>,
+    pub http: HttpConfig,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        AppConfig {
+            pipeline: PipelineConfig::default(),
+            source: None,
+            sinks: Vec::new(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Serve the HTTP API while running (`run` only; `demo` always serves).
+    pub enabled: bool,
+    pub addr: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: false,
+            addr: "127.0.0.1:8080".parse().expect("valid"),
+        }
+    }
+}
+
+impl AppConfig {
+    pub fn load(path: &Path) -> anyhow::Result<AppConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<AppConfig, String> {
+        let cfg: AppConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.pipeline
+            .validate()
+            .map_err(|e| format!("[pipeline] {e}"))?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e = AppConfig::parse("[pipeline]\nshardz = 2\n").unwrap_err();
+        assert!(e.contains("shardz") && e.contains("expected one of"), "{e}");
+        let e = AppConfig::parse("[pipeline]\nout_of_orderness = \"five\"\n").unwrap_err();
+        assert!(e.contains("out_of_orderness"), "{e}");
+        let e = AppConfig::parse("[pipeline]\nshards = 0\n").unwrap_err();
+        assert!(e.contains("`shards`") && e.contains("expected"), "{e}");
+        let e = AppConfig::parse("[source]\ntype = \"kafka\"\n").unwrap_err();
+        assert!(e.contains("kafka"), "{e}");
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = AppConfig::parse(
+            r#"
+[pipeline]
+shards = 2
+out_of_orderness = "5s"
+user_window = { kind = "session", gap = "30m" }
+[pipeline.checkpoint]
+dir = "/tmp/ck"
+interval = "10s"
+[source]
+type = "file"
+path = "events.csv"
+format = "csv"
+[source.csv]
+has_header = true
+ts_format = { pattern = "%Y-%m-%d %H:%M:%S UTC" }
+default_qty = 1
+[source.csv.columns]
+ts = "event_time"
+user_id = "user_id"
+action = "event_type"
+sku = "product_id"
+price = "price"
+[source.csv.actions]
+cart = "add"
+remove_from_cart = "remove"
+purchase = "checkout"
+[[sinks]]
+type = "jsonl"
+dir = "out"
+[http]
+enabled = true
+addr = "127.0.0.1:9000"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.pipeline.shards, 2);
+        assert_eq!(c.sinks.len(), 1);
+    }
+}

@@ -1,0 +1,133 @@
+//! Prometheus metrics with one naming scheme for every component (`cartpulse_<what>_<unit>`).
+//! Hot paths count locally and add once per chunk, so a counter costs nothing per event.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub source_records: IntCounter,
+    pub source_bytes: IntCounter,
+    pub events_decoded: IntCounter,
+    pub dead_letters: IntCounterVec,
+    pub duplicates: IntCounter,
+    pub late_events: IntCounter,
+    pub missing_values: IntCounterVec,
+    pub emitted: IntCounterVec,
+    pub watermark_ms: IntGauge,
+    pub watermark_lag_ms: IntGauge,
+    pub checkpoint_duration: Histogram,
+    pub checkpoint_bytes: IntGauge,
+    pub checkpoints: IntCounterVec,
+    pub last_checkpoint_ms: IntGauge,
+    pub state_keys: IntGaugeVec,
+    pub carts: IntGaugeVec,
+    pub processing_latency: Histogram,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let m = Metrics {
+            source_records: counter(&r, "cartpulse_source_records_total", "Records read from sources"),
+            source_bytes: counter(&r, "cartpulse_source_bytes_total", "Bytes read from sources"),
+            events_decoded: counter(&r, "cartpulse_events_decoded_total", "Records decoded into events"),
+            dead_letters: counter_vec(
+                &r,
+                "cartpulse_dead_letters_total",
+                "Records sent to the dead-letter output, by reason",
+                &["reason"],
+            ),
+            duplicates: counter(&r, "cartpulse_duplicates_total", "Events dropped as duplicates of an earlier event id"),
+            late_events: counter(&r, "cartpulse_late_events_total", "Events behind the watermark, sent to the late side output"),
+            missing_values: counter_vec(
+                &r,
+                "cartpulse_missing_values_total",
+                "Events processed with a missing optional value, by field",
+                &["field"],
+            ),
+            emitted: counter_vec(&r, "cartpulse_records_emitted_total", "Records committed to sinks, by stream", &["stream"]),
+            watermark_ms: gauge(&r, "cartpulse_watermark_ms", "Current event-time watermark, epoch ms"),
+            watermark_lag_ms: gauge(&r, "cartpulse_watermark_lag_ms", "Wall clock minus watermark"),
+            checkpoint_duration: histogram(
+                &r,
+                "cartpulse_checkpoint_duration_seconds",
+                "Time from barrier injection to a durable checkpoint",
+                vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+            ),
+            checkpoint_bytes: gauge(&r, "cartpulse_checkpoint_size_bytes", "Size of the last completed checkpoint"),
+            checkpoints: counter_vec(&r, "cartpulse_checkpoints_total", "Checkpoints by outcome", &["outcome"]),
+            last_checkpoint_ms: gauge(&r, "cartpulse_last_checkpoint_timestamp_ms", "Wall-clock time of the last completed checkpoint"),
+            state_keys: gauge_vec(&r, "cartpulse_state_entries", "Entries in keyed state, by kind", &["kind"]),
+            carts: gauge_vec(&r, "cartpulse_carts", "Carts right now: active, items, value (minor units ×10⁴)", &["measure"]),
+            processing_latency: histogram(
+                &r,
+                "cartpulse_processing_latency_seconds",
+                "Time from a chunk being read to its events updating state",
+                vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
+            ),
+            registry: r,
+        };
+        for code in cartpulse_model::DecodeError::CODES {
+            m.dead_letters.with_label_values(&[code]);
+        }
+        for s in crate::output::Stream::ALL {
+            m.emitted.with_label_values(&[s.name()]);
+        }
+        m
+    }
+
+    pub fn dead_letters_total(&self) -> u64 {
+        cartpulse_model::DecodeError::CODES
+            .iter()
+            .map(|c| self.dead_letters.with_label_values(&[c]).get())
+            .sum()
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut buf = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("utf-8")
+    }
+}
