@@ -7,8 +7,13 @@ use cartpulse_gen::{write_file, GenConfig};
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let out = PathBuf::from(args.next().expect("usage: gen_file OUT [EVENTS] [TRUTH] [CONFIG]"));
-    let events = args.next().map(|a| a.parse().expect("EVENTS must be an integer"));
+    let out = PathBuf::from(
+        args.next()
+            .expect("usage: gen_file OUT [EVENTS] [TRUTH] [CONFIG]"),
+    );
+    let events = args
+        .next()
+        .map(|a| a.parse().expect("EVENTS must be an integer"));
     let truth = args.next().map(PathBuf::from);
     let mut cfg: GenConfig = match args.next() {
         Some(p) => serde_json::from_slice(&std::fs::read(p).expect("read config")).expect("config"),

@@ -6,10 +6,11 @@
 //! order yields events already sorted by timestamp, so the disorder stage in
 //! [`crate::Generator`] only has to *add* lateness, never sort.
 //!
-//! Carts belong to users, not sessions, and a user has at most one session at
-//! a time.  That is what makes the stream replayable: an abandoned cart is
-//! still there in the user's next session, a remove never removes more than
-//! the user's cart holds, and checkout empties it.
+//! Carts belong to users, not sessions, and every cart operation is decided
+//! against the cart as it is at that moment.  That is what makes the stream
+//! replayable: an abandoned cart is still there in the user's next session, a
+//! remove never removes more than the user's cart holds, and checkout empties
+//! it.  Users normally have one session at a time; abnormal actors always do.
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -146,7 +147,8 @@ pub(crate) struct Sim {
     sessions: Vec<Session>,
     free: Vec<u32>,
     carts: Vec<Vec<CartLine>>,
-    active: Vec<bool>,
+    /// Open sessions per user.
+    active: Vec<u16>,
     dev1: Vec<u32>,
     dev2: Vec<u32>,
     ip: Vec<u32>,
@@ -294,11 +296,8 @@ impl Sim {
             });
             // A few two-person households share one address: shared IPs
             // alone must not be proof of a farm.
-            let shared = u > 0
-                && !prev_shared
-                && !abnormal[u]
-                && !abnormal[u - 1]
-                && rng.gen_bool(0.03);
+            let shared =
+                u > 0 && !prev_shared && !abnormal[u] && !abnormal[u - 1] && rng.gen_bool(0.03);
             prev_shared = shared;
             ip.push(if shared {
                 ip[u - 1]
@@ -391,7 +390,7 @@ impl Sim {
             sessions: Vec::new(),
             free: Vec::new(),
             carts: vec![Vec::new(); n],
-            active: vec![false; n],
+            active: vec![0; n],
             dev1,
             dev2,
             ip,
@@ -425,7 +424,7 @@ impl Sim {
         let start = cfg.start_ms;
         let mean_dur_ms = (e_len - 1.0).max(0.0) * HUMAN_GAP_MEAN_MS;
         let concurrent = lambda_per_s * sim.diurnal(start as f64) * mean_dur_ms / 1000.0;
-        let concurrent = (concurrent.round() as usize).min(n_normal / 2);
+        let concurrent = concurrent.round() as usize;
         for _ in 0..concurrent {
             let gap = loop {
                 let g = human_gap(&mut sim.rng);
@@ -475,22 +474,26 @@ impl Sim {
         }
     }
 
-    fn pick_normal_user(&mut self) -> Option<u32> {
+    /// Prefers a user without an open session.  When the population is too
+    /// small for the configured rate, a busy user gets a second concurrent
+    /// session (another tab) rather than the stream silently falling short
+    /// of `events_per_sec`; both then share the user's cart.
+    fn pick_normal_user(&mut self) -> u32 {
         let n = self.normals.len();
         let r = self.n_regular;
-        // Busy users are skipped: one session per user at a time.
+        let mut u = 0;
         for _ in 0..16 {
             let i = if r > 0 && (r == n || self.rng.gen::<f64>() < self.p_pick_regular) {
                 self.rng.gen_range(0..r)
             } else {
                 self.rng.gen_range(r..n)
             };
-            let u = self.normals[i];
-            if !self.active[u as usize] {
-                return Some(u);
+            u = self.normals[i];
+            if self.active[u as usize] == 0 {
+                break;
             }
         }
-        None
+        u
     }
 
     fn new_session(&mut self, kind: Kind, user: u32, actor: u32) -> Session {
@@ -522,7 +525,7 @@ impl Sim {
     }
 
     fn start(&mut self, s: Session, ts: i64) {
-        self.active[s.user as usize] = true;
+        self.active[s.user as usize] += 1;
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.sessions[slot as usize] = s;
@@ -537,9 +540,10 @@ impl Sim {
     }
 
     fn spawn_normal(&mut self, ts: i64) {
-        let Some(user) = self.pick_normal_user() else {
+        let user = self.pick_normal_user();
+        if self.active[user as usize] == u16::MAX {
             return;
-        };
+        }
         let browse = self.rng.gen::<f64>() < P_BROWSE;
         let mut s = self.new_session(if browse { Kind::Browse } else { Kind::Shop }, user, NONE);
         s.interest = self.cat.by_category.sample(&mut self.rng) as u32;
@@ -692,7 +696,7 @@ impl Sim {
 
     fn end_session(&mut self, slot: u32, ts: i64) {
         let s = self.sessions[slot as usize];
-        self.active[s.user as usize] = false;
+        self.active[s.user as usize] -= 1;
         self.free.push(slot);
         if s.actor != NONE {
             let a = s.actor as usize;
@@ -772,7 +776,11 @@ impl Sim {
     }
 
     /// Sets a random line to `f(old qty)`; returns (product, new qty).
-    fn update_random(&mut self, user: u32, f: impl FnOnce(&mut SmallRng, u32) -> u32) -> (u32, u32) {
+    fn update_random(
+        &mut self,
+        user: u32,
+        f: impl FnOnce(&mut SmallRng, u32) -> u32,
+    ) -> (u32, u32) {
         let len = self.carts[user as usize].len();
         let i = self.rng.gen_range(0..len);
         let old = self.carts[user as usize][i].qty;
@@ -818,6 +826,12 @@ impl Sim {
 
     fn step_shop(&mut self, s: &mut Session, ts: i64) -> (Event, Option<i64>) {
         if s.finishing {
+            if self.carts[s.user as usize].is_empty() {
+                // A concurrent session of the same user already bought it
+                // all; this tab just has a last look around.
+                let p = self.view_for(s);
+                return (self.event(s, ts, Action::View, p, 1), None);
+            }
             return (self.checkout(s, ts), None);
         }
         s.steps_left -= 1;
