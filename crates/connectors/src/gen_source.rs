@@ -43,7 +43,12 @@ impl GenSource {
 
     fn next(&mut self) -> bool {
         self.pending.clear();
-        match self.gen.as_mut().expect("opened").next_line(&mut self.pending) {
+        match self
+            .gen
+            .as_mut()
+            .expect("opened")
+            .next_line(&mut self.pending)
+        {
             Some(ts) => {
                 self.pending_ts = Some(ts);
                 true

@@ -3,6 +3,7 @@
 
 pub mod file;
 pub mod gen_source;
+pub mod memory;
 
 use cartpulse_engine::{Sink, Source};
 use serde::{Deserialize, Serialize};
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 
 pub use file::{FileFormat, FileSource, FileSourceConfig, JsonlDirSink};
 pub use gen_source::GenSource;
+pub use memory::MemorySource;
 
 /// Every source cartpulse can read, selected by `type` in the config.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

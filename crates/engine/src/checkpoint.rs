@@ -199,7 +199,10 @@ impl CheckpointStore {
         };
         let mp = self.dir.join("manifest.json");
         let mtmp = self.dir.join("manifest.json.tmp");
-        write_synced(&mtmp, &serde_json::to_vec_pretty(&manifest).expect("serializes"))?;
+        write_synced(
+            &mtmp,
+            &serde_json::to_vec_pretty(&manifest).expect("serializes"),
+        )?;
         fs::rename(&mtmp, &mp).map_err(io_err(&mp))?;
         sync_dir(&self.dir)?;
 
@@ -290,7 +293,13 @@ mod tests {
         let empty = postcard::to_stdvec(&KeyGroupState::default()).unwrap();
         for id in 1..=3 {
             store
-                .write(&meta(id), &[(0, vec![(0, enc.clone()), (1, empty.clone())]), (1, vec![(2, empty.clone()), (3, empty.clone())])])
+                .write(
+                    &meta(id),
+                    &[
+                        (0, vec![(0, enc.clone()), (1, empty.clone())]),
+                        (1, vec![(2, empty.clone()), (3, empty.clone())]),
+                    ],
+                )
                 .unwrap();
         }
         let r = store.restore_latest(4).unwrap().unwrap();

@@ -168,9 +168,18 @@ impl Committer {
                             .watermark_lag_ms
                             .set(self.clock.now_ms() - min_wm);
                     }
-                    self.metrics.carts.with_label_values(&["active"]).set(total.active_carts);
-                    self.metrics.carts.with_label_values(&["items"]).set(total.items_in_carts);
-                    self.metrics.carts.with_label_values(&["value"]).set(total.value_in_carts.0);
+                    self.metrics
+                        .carts
+                        .with_label_values(&["active"])
+                        .set(total.active_carts);
+                    self.metrics
+                        .carts
+                        .with_label_values(&["items"])
+                        .set(total.items_in_carts);
+                    self.metrics
+                        .carts
+                        .with_label_values(&["value"])
+                        .set(total.value_in_carts.0);
                     let mut l = self.live.inner.lock().expect("live lock");
                     l.watermark = min_wm;
                     l.gauges = total;
@@ -288,7 +297,10 @@ impl Committer {
         self.metrics
             .checkpoint_duration
             .observe(injected.elapsed().as_secs_f64());
-        self.metrics.checkpoints.with_label_values(&["completed"]).inc();
+        self.metrics
+            .checkpoints
+            .with_label_values(&["completed"])
+            .inc();
         let now = self.clock.now_ms();
         self.metrics.last_checkpoint_ms.set(now);
         if let Some(c) = self.epoch_counts.remove(&id) {

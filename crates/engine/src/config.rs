@@ -41,6 +41,9 @@ pub struct PipelineConfig {
     #[serde(with = "humantime_serde")]
     pub abandon_after: Duration,
     pub checkpoint: CheckpointConfig,
+    /// Record each event's latency (wall clock at state update minus event time) in
+    /// `Metrics::event_latency_us`. Meaningful only when event time is wall-clock time.
+    pub track_event_latency: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -77,7 +80,7 @@ impl Default for PipelineConfig {
             shards: default_parallelism(),
             parsers: 0,
             key_groups: cartpulse_model::keys::DEFAULT_KEY_GROUPS,
-            chunk_bytes: 256 * 1024,
+            chunk_bytes: 1 << 20,
             channel_capacity: 8,
             max_record_bytes: 1 << 20,
             out_of_orderness: Duration::from_secs(5),
@@ -92,6 +95,7 @@ impl Default for PipelineConfig {
             },
             abandon_after: Duration::from_secs(30 * 60),
             checkpoint: CheckpointConfig::default(),
+            track_event_latency: false,
         }
     }
 }
@@ -118,7 +122,10 @@ impl PipelineConfig {
         if self.shards == 0 || self.shards > self.key_groups as usize {
             return bad(
                 "shards",
-                format!("expected 1..={} (the number of key groups)", self.key_groups),
+                format!(
+                    "expected 1..={} (the number of key groups)",
+                    self.key_groups
+                ),
             );
         }
         if self.key_groups == 0 || self.key_groups > 32_768 {
@@ -133,12 +140,14 @@ impl PipelineConfig {
         if self.max_record_bytes == 0 {
             return bad("max_record_bytes", "expected at least 1".into());
         }
-        self.user_window
-            .validate()
-            .map_err(|why| ConfigError { key: "user_window", why })?;
-        self.global_window
-            .validate()
-            .map_err(|why| ConfigError { key: "global_window", why })?;
+        self.user_window.validate().map_err(|why| ConfigError {
+            key: "user_window",
+            why,
+        })?;
+        self.global_window.validate().map_err(|why| ConfigError {
+            key: "global_window",
+            why,
+        })?;
         if matches!(self.global_window, WindowSpec::Session { .. }) {
             return bad(
                 "global_window",

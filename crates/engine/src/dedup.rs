@@ -9,9 +9,29 @@
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
+/// The keys are already uniform 64-bit hashes: hashing them again is wasted work.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type IdSet = hashbrown::HashSet<u64, std::hash::BuildHasherDefault<IdHasher>>;
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Dedup {
-    seen: hashbrown::HashSet<u64>,
+    seen: IdSet,
     order: VecDeque<(i64, u64)>,
 }
 
@@ -19,6 +39,8 @@ impl Dedup {
     /// Records `id`; returns false when it was already present.
     #[inline]
     pub fn insert(&mut self, id: u64, ts: i64) -> bool {
+        // hashbrown takes its 7-bit tag from the top bits and the slot from the low bits;
+        // an xxh3 value is uniform in both
         if self.seen.insert(id) {
             self.order.push_back((ts, id));
             true
@@ -39,6 +61,10 @@ impl Dedup {
             self.order.pop_front();
             self.seen.remove(&id);
         }
+    }
+
+    pub fn approx_bytes(&self) -> usize {
+        self.seen.capacity() * 9 + self.order.capacity() * 16
     }
 
     pub fn len(&self) -> usize {

@@ -1,7 +1,7 @@
 //! Read access to the running pipeline for the HTTP API: per-user carts and product holds
 //! are asked of the owning shard; global figures are kept by the committer.
 
-use crate::state::{CartLine, GlobalAgg, Gauges};
+use crate::state::{CartLine, Gauges, GlobalAgg};
 use cartpulse_model::Money;
 use compact_str::CompactString;
 use crossbeam_channel::Sender;
@@ -25,6 +25,9 @@ pub struct ShardStats {
     pub users: usize,
     pub dedup_entries: usize,
     pub cart_lines: usize,
+    /// Estimated heap bytes of cart state and of all other keyed state.
+    pub cart_state_bytes: usize,
+    pub other_state_bytes: usize,
     pub gauges: Gauges,
     pub watermark: i64,
 }

@@ -24,6 +24,9 @@ pub struct Metrics {
     pub state_keys: IntGaugeVec,
     pub carts: IntGaugeVec,
     pub processing_latency: Histogram,
+    /// Per-event latency from event time to state update, in microseconds; recorded only
+    /// when `PipelineConfig::track_event_latency` is on (benchmarks of live traffic).
+    pub event_latency_us: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -66,42 +69,105 @@ impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
         let m = Metrics {
-            source_records: counter(&r, "cartpulse_source_records_total", "Records read from sources"),
-            source_bytes: counter(&r, "cartpulse_source_bytes_total", "Bytes read from sources"),
-            events_decoded: counter(&r, "cartpulse_events_decoded_total", "Records decoded into events"),
+            source_records: counter(
+                &r,
+                "cartpulse_source_records_total",
+                "Records read from sources",
+            ),
+            source_bytes: counter(
+                &r,
+                "cartpulse_source_bytes_total",
+                "Bytes read from sources",
+            ),
+            events_decoded: counter(
+                &r,
+                "cartpulse_events_decoded_total",
+                "Records decoded into events",
+            ),
             dead_letters: counter_vec(
                 &r,
                 "cartpulse_dead_letters_total",
                 "Records sent to the dead-letter output, by reason",
                 &["reason"],
             ),
-            duplicates: counter(&r, "cartpulse_duplicates_total", "Events dropped as duplicates of an earlier event id"),
-            late_events: counter(&r, "cartpulse_late_events_total", "Events behind the watermark, sent to the late side output"),
+            duplicates: counter(
+                &r,
+                "cartpulse_duplicates_total",
+                "Events dropped as duplicates of an earlier event id",
+            ),
+            late_events: counter(
+                &r,
+                "cartpulse_late_events_total",
+                "Events behind the watermark, sent to the late side output",
+            ),
             missing_values: counter_vec(
                 &r,
                 "cartpulse_missing_values_total",
                 "Events processed with a missing optional value, by field",
                 &["field"],
             ),
-            emitted: counter_vec(&r, "cartpulse_records_emitted_total", "Records committed to sinks, by stream", &["stream"]),
-            watermark_ms: gauge(&r, "cartpulse_watermark_ms", "Current event-time watermark, epoch ms"),
-            watermark_lag_ms: gauge(&r, "cartpulse_watermark_lag_ms", "Wall clock minus watermark"),
+            emitted: counter_vec(
+                &r,
+                "cartpulse_records_emitted_total",
+                "Records committed to sinks, by stream",
+                &["stream"],
+            ),
+            watermark_ms: gauge(
+                &r,
+                "cartpulse_watermark_ms",
+                "Current event-time watermark, epoch ms",
+            ),
+            watermark_lag_ms: gauge(
+                &r,
+                "cartpulse_watermark_lag_ms",
+                "Wall clock minus watermark",
+            ),
             checkpoint_duration: histogram(
                 &r,
                 "cartpulse_checkpoint_duration_seconds",
                 "Time from barrier injection to a durable checkpoint",
-                vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+                vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ],
             ),
-            checkpoint_bytes: gauge(&r, "cartpulse_checkpoint_size_bytes", "Size of the last completed checkpoint"),
-            checkpoints: counter_vec(&r, "cartpulse_checkpoints_total", "Checkpoints by outcome", &["outcome"]),
-            last_checkpoint_ms: gauge(&r, "cartpulse_last_checkpoint_timestamp_ms", "Wall-clock time of the last completed checkpoint"),
-            state_keys: gauge_vec(&r, "cartpulse_state_entries", "Entries in keyed state, by kind", &["kind"]),
-            carts: gauge_vec(&r, "cartpulse_carts", "Carts right now: active, items, value (minor units ×10⁴)", &["measure"]),
+            checkpoint_bytes: gauge(
+                &r,
+                "cartpulse_checkpoint_size_bytes",
+                "Size of the last completed checkpoint",
+            ),
+            checkpoints: counter_vec(
+                &r,
+                "cartpulse_checkpoints_total",
+                "Checkpoints by outcome",
+                &["outcome"],
+            ),
+            last_checkpoint_ms: gauge(
+                &r,
+                "cartpulse_last_checkpoint_timestamp_ms",
+                "Wall-clock time of the last completed checkpoint",
+            ),
+            state_keys: gauge_vec(
+                &r,
+                "cartpulse_state_entries",
+                "Entries in keyed state, by kind",
+                &["kind"],
+            ),
+            carts: gauge_vec(
+                &r,
+                "cartpulse_carts",
+                "Carts right now: active, items, value (minor units ×10⁴)",
+                &["measure"],
+            ),
             processing_latency: histogram(
                 &r,
                 "cartpulse_processing_latency_seconds",
                 "Time from a chunk being read to its events updating state",
-                vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
+                vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                ],
+            ),
+            event_latency_us: std::sync::Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
             ),
             registry: r,
         };

@@ -3,7 +3,7 @@
 //! Records are encoded by the shard that produces them (in parallel) and travel to the
 //! committer as ready bytes.
 
-use crate::state::{CartLine, GlobalAgg, Gauges, UserAgg};
+use crate::state::{CartLine, Gauges, GlobalAgg, UserAgg};
 use cartpulse_model::{write_json_str, CartEvent, Money};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -90,7 +90,10 @@ impl Pipeline {
         };
         let restored_id = restored.as_ref().map(|r| r.meta.id);
         if restored.as_ref().is_some_and(|r| r.meta.finished) {
-            tracing::info!(checkpoint = restored_id, "input already fully processed; nothing to do");
+            tracing::info!(
+                checkpoint = restored_id,
+                "input already fully processed; nothing to do"
+            );
             for s in &mut sinks {
                 s.recover(restored_id)?;
             }
@@ -117,7 +120,11 @@ impl Pipeline {
             });
         }
         if let Some(r) = &restored {
-            tracing::info!(checkpoint = r.meta.id, groups = r.groups.len(), "restoring state");
+            tracing::info!(
+                checkpoint = r.meta.id,
+                groups = r.groups.len(),
+                "restoring state"
+            );
         }
         source.open(restored.as_ref().map(|r| &r.meta.position))?;
         for s in &mut sinks {
@@ -312,7 +319,9 @@ impl Api {
         let mut all: hashbrown::HashMap<CompactString, i64> = hashbrown::HashMap::new();
         for q in &self.queries {
             let (tx, rx) = bounded(1);
-            if q.send_timeout(Query::Holds { reply: tx }, QUERY_TIMEOUT).is_ok() {
+            if q.send_timeout(Query::Holds { reply: tx }, QUERY_TIMEOUT)
+                .is_ok()
+            {
                 if let Ok(v) = rx.recv_timeout(QUERY_TIMEOUT) {
                     for (k, c) in v {
                         *all.entry(k).or_insert(0) += c;
@@ -331,7 +340,8 @@ impl Api {
             .iter()
             .filter_map(|q| {
                 let (tx, rx) = bounded(1);
-                q.send_timeout(Query::Stats { reply: tx }, QUERY_TIMEOUT).ok()?;
+                q.send_timeout(Query::Stats { reply: tx }, QUERY_TIMEOUT)
+                    .ok()?;
                 rx.recv_timeout(QUERY_TIMEOUT).ok()
             })
             .collect()
@@ -380,11 +390,21 @@ impl Reader {
                     .map_err(|e| e.to_string())?;
             }
             if self.stop.load(Ordering::SeqCst) {
-                self.send(&mut seq, SourceChunk::default(), true, ChunkEnd::Stop, i64::MIN)?;
+                self.send(
+                    &mut seq,
+                    SourceChunk::default(),
+                    true,
+                    ChunkEnd::Stop,
+                    i64::MIN,
+                )?;
                 return Ok(());
             }
             let due = last_barrier.elapsed() >= self.interval;
-            match self.source.poll(self.chunk_bytes).map_err(|e| e.to_string())? {
+            match self
+                .source
+                .poll(self.chunk_bytes)
+                .map_err(|e| e.to_string())?
+            {
                 Poll::Chunk(c) => {
                     last_data = Instant::now();
                     self.send(&mut seq, c, due, ChunkEnd::No, i64::MIN)?;
@@ -393,12 +413,22 @@ impl Reader {
                     let idle = self.idle_timeout.filter(|t| last_data.elapsed() >= *t);
                     if idle.is_some() || due {
                         // an idle live source lets event time follow the wall clock
-                        let tick = if idle.is_some() { self.clock.now_ms() } else { i64::MIN };
+                        let tick = if idle.is_some() {
+                            self.clock.now_ms()
+                        } else {
+                            i64::MIN
+                        };
                         self.send(&mut seq, SourceChunk::default(), due, ChunkEnd::No, tick)?;
                     }
                 }
                 Poll::End => {
-                    self.send(&mut seq, SourceChunk::default(), true, ChunkEnd::Flush, i64::MIN)?;
+                    self.send(
+                        &mut seq,
+                        SourceChunk::default(),
+                        true,
+                        ChunkEnd::Flush,
+                        i64::MIN,
+                    )?;
                     return Ok(());
                 }
             }
@@ -485,11 +515,15 @@ impl DecoderTask {
                 match self.decoder.decode(rec) {
                     Ok(ev) => {
                         decoded += 1;
-                        let kg = key_group(key_hash(ev.user_id.as_bytes()), self.key_groups);
+                        let user_hash = key_hash(ev.user_id.as_bytes());
+                        let kg = key_group(user_hash, self.key_groups);
                         let s = shard_of(kg, self.key_groups, n as u32) as usize;
                         let ts = ev.ts;
+                        let id_hash = xxhash_rust::xxh3::xxh3_64(ev.event_id.as_bytes());
                         subs[s].events.push(Routed {
                             kg,
+                            id_hash,
+                            user_hash,
                             max_before: max_so_far,
                             ev,
                         });
@@ -497,7 +531,10 @@ impl DecoderTask {
                     }
                     Err(e) => {
                         let code = e.code();
-                        if let Some(i) = cartpulse_model::DecodeError::CODES.iter().position(|c| *c == code) {
+                        if let Some(i) = cartpulse_model::DecodeError::CODES
+                            .iter()
+                            .position(|c| *c == code)
+                        {
                             dead_counts[i] += 1;
                         }
                         let (raw, original_len) = match e {
@@ -527,7 +564,8 @@ impl DecoderTask {
                 None => {
                     let mut start = 0usize;
                     while start < data.len() {
-                        let end = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |i| start + i);
+                        let end =
+                            memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |i| start + i);
                         let mut line = &data[start..end];
                         if line.last() == Some(&b'\r') {
                             line = &line[..line.len() - 1];
@@ -540,7 +578,10 @@ impl DecoderTask {
                 }
             }
             for d in job.chunk.dead {
-                if let Some(i) = cartpulse_model::DecodeError::CODES.iter().position(|c| *c == d.reason) {
+                if let Some(i) = cartpulse_model::DecodeError::CODES
+                    .iter()
+                    .position(|c| *c == d.reason)
+                {
                     dead_counts[i] += 1;
                 }
                 subs[dead_to].dead.push(d);

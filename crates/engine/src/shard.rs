@@ -12,7 +12,10 @@ use crate::config::{ms, PipelineConfig};
 use crate::live::{CartView, Query};
 use crate::metrics::Metrics;
 use crate::output::{self, Records, Stream};
-use crate::state::{CartLine, Gauges, GlobalAgg, KeyGroupState, UserAgg, UserWindow};
+use crate::state::{
+    CartLine, Gauges, GlobalAgg, GlobalEntry, KeyGroupState, UserAgg, UserState, UserWindow,
+    WindowEntry,
+};
 use crate::window::WindowSpec;
 use cartpulse_model::{Action, CartEvent, DeadLetter, Money};
 use compact_str::CompactString;
@@ -24,6 +27,10 @@ use std::time::Instant;
 /// One event routed to a shard.
 pub(crate) struct Routed {
     pub kg: u32,
+    /// Hash of the event id, computed on the decoder threads.
+    pub id_hash: u64,
+    /// Hash of the user id (exact distinct counts when global windows differ from user windows).
+    pub user_hash: u64,
     /// Largest event time before this event within its chunk (`i64::MIN` if none).
     pub max_before: i64,
     pub ev: CartEvent,
@@ -61,6 +68,12 @@ pub(crate) struct ShardSettings {
     pub user_window: WindowSpec,
     pub global_window: WindowSpec,
     pub key_groups: u32,
+    /// Global windows are the user windows (the default): a user is new to a global window
+    /// exactly when its user window is created, so no separate bookkeeping is needed.
+    pub same_windows: bool,
+    /// Whether barriers carry state (only when a checkpoint store exists).
+    pub snapshots: bool,
+    pub track_latency: bool,
 }
 
 impl ShardSettings {
@@ -73,6 +86,9 @@ impl ShardSettings {
             user_window: c.user_window.clone(),
             global_window: c.global_window.clone(),
             key_groups: c.key_groups,
+            same_windows: c.user_window == c.global_window && !c.user_window.is_session(),
+            snapshots: c.checkpoint.dir.is_some(),
+            track_latency: c.track_event_latency,
         }
     }
 }
@@ -95,8 +111,9 @@ pub(crate) struct Shard {
     gauges: Gauges,
     out: Records,
     counts: LocalCounts,
-    /// Users whose fired windows changed (late updates) since the last fire pass.
-    dirty: Vec<(u32, CompactString)>,
+    /// Window entries changed by late events since the last fire pass:
+    /// (key group, window end, window start, user); end `i64::MIN` means a session window.
+    dirty: Vec<(u32, i64, i64, CompactString)>,
     scratch: Vec<(i64, i64)>,
     partials: BTreeMap<(i64, i64), GlobalAgg>,
     tx: Sender<ToCommitter>,
@@ -116,7 +133,7 @@ impl Shard {
         let mut gauges = Gauges::default();
         let mut groups = groups;
         for g in &mut groups {
-            g.rebuild_timers(set.lateness, set.lateness);
+            g.rebuild_timers(set.lateness);
             gauges.add(&g.gauges());
         }
         Shard {
@@ -167,8 +184,11 @@ impl Shard {
     }
 
     fn process(&mut self, sub: SubBatch) -> Result<(), String> {
-        for r in sub.events {
+        for r in &sub.events {
             self.event(r);
+        }
+        if self.set.track_latency && !sub.events.is_empty() {
+            self.record_latency(&sub.events);
         }
         for d in &sub.dead {
             let buf = self.out.begin(Stream::DeadLetter);
@@ -184,22 +204,28 @@ impl Shard {
         self.flush_counts();
         if !self.out.is_empty() {
             let recs = std::mem::take(&mut self.out);
-            self.send(ToCommitter::Records { shard: self.id, records: recs })?;
+            self.send(ToCommitter::Records {
+                shard: self.id,
+                records: recs,
+            })?;
         }
         self.metrics
             .processing_latency
             .observe(sub.read_at.elapsed().as_secs_f64());
         if let Some(id) = sub.barrier {
-            let groups = self
-                .groups
-                .iter()
-                .enumerate()
-                .map(|(i, g)| {
-                    postcard::to_stdvec(g)
-                        .map(|b| (self.first_group + i as u32, b))
-                        .map_err(|e| format!("snapshot encoding: {e}"))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let groups = if !self.set.snapshots {
+                Vec::new()
+            } else {
+                self.groups
+                    .iter()
+                    .enumerate()
+                    .map(|(i, g)| {
+                        postcard::to_stdvec(g)
+                            .map(|b| (self.first_group + i as u32, b))
+                            .map_err(|e| format!("snapshot encoding: {e}"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            };
             self.send(ToCommitter::Snapshot {
                 shard: self.id,
                 checkpoint: id,
@@ -208,6 +234,16 @@ impl Shard {
             })?;
         }
         Ok(())
+    }
+
+    fn record_latency(&self, events: &[Routed]) {
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        let mut h = self.metrics.event_latency_us.lock().expect("latency lock");
+        for r in events {
+            let _ = h.record((now_us - r.ev.ts * 1000).max(1) as u64);
+        }
     }
 
     fn send(&self, m: ToCommitter) -> Result<(), String> {
@@ -223,45 +259,60 @@ impl Shard {
             self.metrics.late_events.inc_by(c.late);
         }
         if c.missing_price > 0 {
-            self.metrics.missing_values.with_label_values(&["price"]).inc_by(c.missing_price);
+            self.metrics
+                .missing_values
+                .with_label_values(&["price"])
+                .inc_by(c.missing_price);
         }
         if c.missing_line > 0 {
-            self.metrics.missing_values.with_label_values(&["cart_line"]).inc_by(c.missing_line);
+            self.metrics
+                .missing_values
+                .with_label_values(&["cart_line"])
+                .inc_by(c.missing_line);
         }
     }
 
-    fn event(&mut self, r: Routed) {
+    fn event(&mut self, r: &Routed) {
         let set = &self.set;
         let wm_e = self.source_max.max(r.max_before).saturating_sub(set.bound);
-        let ev = r.ev;
-        let gi = (r.kg - self.first_group) as usize;
+        let ev = &r.ev;
+        let kg = r.kg;
+        let gi = (kg - self.first_group) as usize;
         let st = &mut self.groups[gi];
-        let id_hash = xxhash_rust::xxh3::xxh3_64(ev.event_id.as_bytes());
-        if !st.dedup.insert(id_hash, ev.ts) {
+        if !st.dedup.insert(r.id_hash, ev.ts) {
             self.counts.duplicates += 1;
             return;
         }
         let KeyGroupState {
             users,
+            windows,
+            sessions,
             global,
             holds,
             timers,
             ..
         } = st;
-        let user = match users.get_mut(ev.user_id.as_str()) {
-            Some(u) => u,
-            None => users.entry(ev.user_id.clone()).or_default(),
+        // only actions that can put something in a cart create cart state
+        let mut user = match users.get_mut(ev.user_id.as_str()) {
+            Some(u) => Some(u),
+            None if matches!(ev.action, Action::Add | Action::UpdateQty) => {
+                Some(users.entry(ev.user_id.clone()).or_default())
+            }
+            None => None,
         };
 
         // what the event contributes, judged on the event's own fields
-        let line_idx = ev
-            .sku
-            .as_ref()
-            .and_then(|s| user.lines.iter().position(|l| l.sku == *s));
-        let line_price = line_idx.map(|i| user.lines[i].price);
-        let price = match (ev.price, line_price) {
+        let line_idx = match (&user, &ev.sku) {
+            (Some(u), Some(sku)) => u.lines.iter().position(|l| l.sku == *sku),
+            _ => None,
+        };
+        let line = |u: &Option<&mut UserState>| {
+            line_idx.and_then(|i| u.as_ref().map(|u| u.lines[i].clone()))
+        };
+        let line_now = line(&user);
+        let price = match (ev.price, &line_now) {
             (Some(p), _) => p,
-            (None, Some(p)) => p,
+            (None, Some(l)) => l.price,
             (None, None) => {
                 if matches!(ev.action, Action::Add | Action::Remove | Action::UpdateQty) {
                     self.counts.missing_price += 1;
@@ -285,7 +336,7 @@ impl Shard {
                 delta.removes = 1;
                 let q = i64::from(
                     ev.qty
-                        .unwrap_or_else(|| line_idx.map_or(0, |i| user.lines[i].qty)),
+                        .unwrap_or_else(|| line_now.as_ref().map_or(0, |l| l.qty)),
                 );
                 delta.qty_removed = q;
                 delta.value_removed = Money(price.0 * q);
@@ -297,10 +348,14 @@ impl Shard {
         let late = is_late(&set.user_window, ev.ts, set.lateness, wm_e);
         if late {
             self.counts.late += 1;
-            output::late_event(self.out.begin(Stream::LateEvents), &ev, wm_e);
+            output::late_event(self.out.begin(Stream::LateEvents), ev, wm_e);
         } else {
-            // user windows
+            let mut created: smallvec::SmallVec<[(i64, i64); 2]> = smallvec::SmallVec::new();
             if let WindowSpec::Session { gap } = set.user_window {
+                let ws = match sessions.get_mut(ev.user_id.as_str()) {
+                    Some(w) => w,
+                    None => sessions.entry(ev.user_id.clone()).or_default(),
+                };
                 let mut w = UserWindow {
                     start: ev.ts,
                     end: ev.ts + gap.as_millis() as i64,
@@ -308,12 +363,8 @@ impl Shard {
                     fired: false,
                     dirty: false,
                 };
-                while let Some(i) = user
-                    .windows
-                    .iter()
-                    .position(|o| o.start < w.end && w.start < o.end)
-                {
-                    let o = user.windows.swap_remove(i);
+                while let Some(i) = ws.iter().position(|o| o.start < w.end && w.start < o.end) {
+                    let o = ws.swap_remove(i);
                     w.start = w.start.min(o.start);
                     w.end = w.end.max(o.end);
                     w.agg.merge(&o.agg);
@@ -321,13 +372,17 @@ impl Shard {
                 }
                 if w.fired {
                     w.dirty = true;
-                    self.dirty.push((r.kg, ev.user_id.clone()));
+                    self.dirty
+                        .push((kg, i64::MIN, i64::MIN, ev.user_id.clone()));
                 }
                 timers.entry(w.end).or_default().push(ev.user_id.clone());
                 if set.lateness > 0 {
-                    timers.entry(w.end + set.lateness).or_default().push(ev.user_id.clone());
+                    timers
+                        .entry(w.end + set.lateness)
+                        .or_default()
+                        .push(ev.user_id.clone());
                 }
-                user.windows.push(w);
+                ws.push(w);
             } else {
                 self.scratch.clear();
                 let scratch = &mut self.scratch;
@@ -336,66 +391,80 @@ impl Shard {
                     if e + set.lateness <= wm_e {
                         continue;
                     }
-                    match user.windows.iter_mut().find(|w| w.start == s && w.end == e) {
+                    let b = windows.entry((e, s)).or_default();
+                    let fired = b.fired;
+                    match b.users.get_mut(ev.user_id.as_str()) {
                         Some(w) => {
                             w.agg.merge(&delta);
-                            if w.fired && !w.dirty {
+                            if fired && !w.dirty {
                                 w.dirty = true;
-                                self.dirty.push((r.kg, ev.user_id.clone()));
+                                self.dirty.push((kg, e, s, ev.user_id.clone()));
                             }
                         }
                         None => {
-                            user.windows.push(UserWindow {
-                                start: s,
-                                end: e,
-                                agg: delta.clone(),
-                                fired: false,
-                                dirty: false,
-                            });
-                            timers.entry(e).or_default().push(ev.user_id.clone());
-                            if set.lateness > 0 {
-                                timers.entry(e + set.lateness).or_default().push(ev.user_id.clone());
+                            created.push((s, e));
+                            b.users.insert(
+                                ev.user_id.clone(),
+                                WindowEntry {
+                                    agg: delta.clone(),
+                                    emitted: false,
+                                    dirty: fired,
+                                },
+                            );
+                            if fired {
+                                self.dirty.push((kg, e, s, ev.user_id.clone()));
                             }
                         }
                     }
                 }
             }
             // global windows: this group's partial
-            self.scratch.clear();
-            let scratch = &mut self.scratch;
-            set.global_window.assign(ev.ts, |s, e| scratch.push((s, e)));
-            let checkout_value = if ev.action == Action::Checkout {
-                user.value()
-            } else {
-                Money::ZERO
+            if !set.same_windows {
+                self.scratch.clear();
+                let scratch = &mut self.scratch;
+                set.global_window.assign(ev.ts, |s, e| scratch.push((s, e)));
+            }
+            let checkout_value = match (&user, ev.action) {
+                (Some(u), Action::Checkout) => u.value(),
+                _ => Money::ZERO,
             };
             for &(s, e) in self.scratch.iter() {
                 if e + set.lateness <= wm_e {
                     continue;
                 }
-                let g = &mut global.entry(s).or_insert_with(|| (e, GlobalAgg::default())).1;
+                let g = global.entry(s).or_insert_with(|| GlobalEntry {
+                    end: e,
+                    ..Default::default()
+                });
+                let new_user = if set.same_windows {
+                    created.contains(&(s, e))
+                } else {
+                    g.users.insert(r.user_hash)
+                };
+                let g = &mut g.agg;
                 g.events += 1;
-                g.views += delta.views;
-                g.adds += delta.adds;
-                g.removes += delta.removes;
-                g.update_qtys += delta.update_qtys;
-                g.checkouts += delta.checkouts;
+                g.distinct_users += u64::from(new_user);
+                g.views += u64::from(delta.views);
+                g.adds += u64::from(delta.adds);
+                g.removes += u64::from(delta.removes);
+                g.update_qtys += u64::from(delta.update_qtys);
+                g.checkouts += u64::from(delta.checkouts);
                 g.qty_added += delta.qty_added;
                 g.qty_removed += delta.qty_removed;
                 g.value_added += delta.value_added;
                 g.value_removed += delta.value_removed;
                 g.checkout_value += checkout_value;
-                if !user.global_counted.contains(&(s, e)) {
-                    user.global_counted.push((s, e));
-                    g.distinct_users += 1;
-                    timers.entry(e + set.lateness).or_default().push(ev.user_id.clone());
-                }
             }
         }
 
         // cart state follows every event, late or not: a late add is still in the cart
-        let had = !user.lines.is_empty();
-        if had {
+        let Some(user) = user.as_deref_mut() else {
+            if ev.action == Action::Remove {
+                self.counts.missing_line += 1;
+            }
+            return;
+        };
+        if !user.lines.is_empty() {
             self.gauges.active_carts -= 1;
             self.gauges.items_in_carts -= user.items() as i64;
             self.gauges.value_in_carts -= user.value();
@@ -481,14 +550,13 @@ impl Shard {
             self.gauges.items_in_carts += user.items() as i64;
             self.gauges.value_in_carts += user.value();
         }
-        let _ = had;
-
         user.last_ts = user.last_ts.max(ev.ts);
-        if ev.session_id.is_some() {
-            user.session_id = ev.session_id;
+        if ev.session_id.is_some() && user.session_id != ev.session_id {
+            user.session_id.clone_from(&ev.session_id);
         }
         if user.lines.is_empty() {
             user.abandon_at = None;
+            users.remove(ev.user_id.as_str());
         } else {
             let at = user.last_ts.saturating_add(set.abandon_after);
             if user.abandon_timer.is_none() {
@@ -499,8 +567,8 @@ impl Shard {
         }
     }
 
-    /// Moves the watermark: fires timers (windows, abandoned carts), closes global windows,
-    /// expires dedup entries, and reports to the committer.
+    /// Moves the watermark: fires windows and timers (sessions, abandoned carts), closes
+    /// global windows, expires dedup entries, and reports to the committer.
     fn advance(&mut self, wm: i64) {
         if wm < self.wm {
             return;
@@ -508,8 +576,32 @@ impl Shard {
         let moved = wm > self.wm;
         self.wm = wm;
         let set = &self.set;
-        for (gi, st) in self.groups.iter_mut().enumerate() {
+        for st in self.groups.iter_mut() {
             st.dedup.expire(wm, set.horizon);
+            let mut closed = Vec::new();
+            for (&(e, s), b) in st.windows.range_mut(..=(wm, i64::MAX)) {
+                if !b.fired {
+                    for (u, w) in b.users.iter_mut() {
+                        output::user_window(
+                            self.out.begin(Stream::UserWindows),
+                            u,
+                            s,
+                            e,
+                            &w.agg,
+                            false,
+                        );
+                        w.emitted = true;
+                        w.dirty = false;
+                    }
+                    b.fired = true;
+                }
+                if e.saturating_add(set.lateness) <= wm {
+                    closed.push((e, s));
+                }
+            }
+            for k in closed {
+                st.windows.remove(&k);
+            }
             while let Some(entry) = st.timers.first_entry() {
                 if *entry.key() > wm {
                     break;
@@ -518,18 +610,39 @@ impl Shard {
                     fire_user(st, &u, wm, set, &mut self.out);
                 }
             }
-            while let Some((_, &(end, _))) = st.global.first_key_value() {
-                if end.saturating_add(set.lateness) > wm {
+            while let Some((_, g)) = st.global.first_key_value() {
+                if g.end.saturating_add(set.lateness) > wm {
                     break;
                 }
-                let (start, (end, agg)) = st.global.pop_first().expect("non-empty");
-                self.partials.entry((start, end)).or_default().merge(&agg);
+                let (start, g) = st.global.pop_first().expect("non-empty");
+                self.partials
+                    .entry((start, g.end))
+                    .or_default()
+                    .merge(&g.agg);
             }
-            let _ = gi;
         }
-        for (kg, u) in std::mem::take(&mut self.dirty) {
+        for (kg, e, s, u) in std::mem::take(&mut self.dirty) {
             let st = &mut self.groups[(kg - self.first_group) as usize];
-            fire_user(st, &u, wm, set, &mut self.out);
+            if e == i64::MIN {
+                fire_user(st, &u, wm, set, &mut self.out);
+            } else if let Some(w) = st
+                .windows
+                .get_mut(&(e, s))
+                .and_then(|b| b.users.get_mut(u.as_str()))
+            {
+                if w.dirty && e <= wm {
+                    output::user_window(
+                        self.out.begin(Stream::UserWindows),
+                        &u,
+                        s,
+                        e,
+                        &w.agg,
+                        w.emitted,
+                    );
+                    w.emitted = true;
+                    w.dirty = false;
+                }
+            }
         }
         if !self.out.is_empty() {
             // window records must precede the global partials of the same pass in the epoch
@@ -540,11 +653,7 @@ impl Shard {
             });
         }
         for ((start, end), agg) in std::mem::take(&mut self.partials) {
-            let _ = self.tx.send(ToCommitter::Partial {
-                start,
-                end,
-                agg,
-            });
+            let _ = self.tx.send(ToCommitter::Partial { start, end, agg });
         }
         if moved {
             let _ = self.tx.send(ToCommitter::Watermark {
@@ -568,7 +677,7 @@ impl Shard {
                     .and_then(|g| g.users.get(user.as_str()))
                     .map(|u| CartView {
                         user_id: user.clone(),
-                        lines: u.lines.clone(),
+                        lines: u.lines.to_vec(),
                         items: u.items(),
                         value: u.value(),
                         last_activity: u.last_ts,
@@ -596,7 +705,14 @@ impl Shard {
                     .flat_map(|g| g.users.values())
                     .map(|u| u.lines.len())
                     .sum();
+                let (cart_state_bytes, other_state_bytes) = self
+                    .groups
+                    .iter()
+                    .map(|g| g.approx_bytes())
+                    .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
                 let _ = reply.send(crate::live::ShardStats {
+                    cart_state_bytes,
+                    other_state_bytes,
                     users,
                     dedup_entries: dedup,
                     cart_lines: lines,
@@ -623,6 +739,7 @@ fn is_late(spec: &WindowSpec, ts: i64, lateness: i64, wm: i64) -> bool {
     last_end.saturating_add(lateness) <= wm
 }
 
+/// Session windows and the abandonment timer of one user.
 fn fire_user(
     st: &mut KeyGroupState,
     user: &CompactString,
@@ -630,26 +747,30 @@ fn fire_user(
     set: &ShardSettings,
     out: &mut Records,
 ) {
+    if let Some(ws) = st.sessions.get_mut(user.as_str()) {
+        for w in ws.iter_mut() {
+            if w.end <= wm && (!w.fired || w.dirty) {
+                output::user_window(
+                    out.begin(Stream::UserWindows),
+                    user,
+                    w.start,
+                    w.end,
+                    &w.agg,
+                    w.fired,
+                );
+                w.fired = true;
+                w.dirty = false;
+            }
+        }
+        let lateness = set.lateness;
+        ws.retain(|w| w.end.saturating_add(lateness) > wm);
+        if ws.is_empty() {
+            st.sessions.remove(user.as_str());
+        }
+    }
     let Some(u) = st.users.get_mut(user.as_str()) else {
         return;
     };
-    for w in u.windows.iter_mut() {
-        if w.end <= wm && (!w.fired || w.dirty) {
-            output::user_window(
-                out.begin(Stream::UserWindows),
-                user,
-                w.start,
-                w.end,
-                &w.agg,
-                w.fired,
-            );
-            w.fired = true;
-            w.dirty = false;
-        }
-    }
-    let lateness = set.lateness;
-    u.windows.retain(|w| w.end.saturating_add(lateness) > wm);
-    u.global_counted.retain(|&(_, e)| e.saturating_add(lateness) > wm);
     if u.abandon_timer.is_some_and(|t| t <= wm) {
         u.abandon_timer = None;
     }
@@ -673,8 +794,5 @@ fn fire_user(
             st.timers.entry(at).or_default().push(user.clone());
         }
         _ => {}
-    }
-    if u.is_idle() {
-        st.users.remove(user.as_str());
     }
 }

@@ -24,7 +24,13 @@ pub trait Sink: Send {
     fn recover(&mut self, committed: Option<u64>) -> Result<(), SinkError>;
 
     /// Stages newline-terminated JSON records of `stream` into `epoch`.
-    fn write(&mut self, epoch: u64, stream: Stream, records: &[u8], count: u64) -> Result<(), SinkError>;
+    fn write(
+        &mut self,
+        epoch: u64,
+        stream: Stream,
+        records: &[u8],
+        count: u64,
+    ) -> Result<(), SinkError>;
 
     fn pre_commit(&mut self, epoch: u64) -> Result<(), SinkError>;
 

@@ -66,7 +66,11 @@ pub trait Source: Send {
     fn position(&self) -> Value;
 
     /// Output covering input up to `position` is durable.
-    fn checkpoint_complete(&mut self, _checkpoint: u64, _position: &Value) -> Result<(), SourceError> {
+    fn checkpoint_complete(
+        &mut self,
+        _checkpoint: u64,
+        _position: &Value,
+    ) -> Result<(), SourceError> {
         Ok(())
     }
 

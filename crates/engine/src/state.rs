@@ -5,6 +5,7 @@ use cartpulse_model::Money;
 use compact_str::CompactString;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use std::collections::BTreeMap;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -18,12 +19,12 @@ pub struct CartLine {
 /// Per-window, per-user aggregate.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UserAgg {
-    pub events: u64,
-    pub views: u64,
-    pub adds: u64,
-    pub removes: u64,
-    pub update_qtys: u64,
-    pub checkouts: u64,
+    pub events: u32,
+    pub views: u32,
+    pub adds: u32,
+    pub removes: u32,
+    pub update_qtys: u32,
+    pub checkouts: u32,
     pub qty_added: i64,
     pub qty_removed: i64,
     pub value_added: Money,
@@ -55,9 +56,13 @@ pub struct UserWindow {
     pub dirty: bool,
 }
 
+/// A user's cart. Only users with something in their cart (or an abandonment pending) have
+/// an entry, so browsing-only users cost no cart state.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UserState {
-    pub lines: Vec<CartLine>,
+    /// Inline: most carts hold a line or two, and keeping them inside the hash-table slot
+    /// saves a cache miss per event.
+    pub lines: SmallVec<[CartLine; 2]>,
     /// Latest event time seen for this user.
     pub last_ts: i64,
     pub session_id: Option<CompactString>,
@@ -65,9 +70,6 @@ pub struct UserState {
     pub abandon_at: Option<i64>,
     /// Time of the pending abandonment timer; at most one per user, however many events.
     pub abandon_timer: Option<i64>,
-    pub windows: Vec<UserWindow>,
-    /// Global windows `(start, end)` this user is already counted in (distinct users).
-    pub global_counted: Vec<(i64, i64)>,
     pub orders: u32,
 }
 
@@ -77,13 +79,38 @@ impl UserState {
     }
 
     pub fn value(&self) -> Money {
-        Money(self.lines.iter().map(|l| l.price.0 * i64::from(l.qty)).sum())
+        Money(
+            self.lines
+                .iter()
+                .map(|l| l.price.0 * i64::from(l.qty))
+                .sum(),
+        )
     }
 
     /// Nothing left worth keeping: the entry can be dropped to bound memory.
     pub fn is_idle(&self) -> bool {
-        self.lines.is_empty() && self.windows.is_empty() && self.global_counted.is_empty()
+        self.lines.is_empty() && self.abandon_at.is_none()
     }
+}
+
+/// One user's aggregate in one fixed window.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WindowEntry {
+    pub agg: UserAgg,
+    pub emitted: bool,
+    /// Changed by a late event after the window fired: to be (re-)emitted.
+    pub dirty: bool,
+}
+
+/// All users' aggregates of one fixed (tumbling or sliding) window in one key group.
+///
+/// Windows are kept by window, not by user (as Flink keeps `(key, window)` state), so
+/// firing a window is one sequential pass over its bucket instead of a random lookup per
+/// user, and no per-user timer is needed.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WindowBucket {
+    pub users: HashMap<CompactString, WindowEntry>,
+    pub fired: bool,
 }
 
 /// A key group's share of one global window.
@@ -136,16 +163,31 @@ impl Gauges {
     }
 }
 
+/// A key group's share of one global window. `users` holds the user hashes seen, for an
+/// exact distinct count, only when global windows differ from the user windows (otherwise
+/// a user is new to a global window exactly when its user window entry is created).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GlobalEntry {
+    pub end: i64,
+    pub agg: GlobalAgg,
+    pub users: hashbrown::HashSet<u64, std::hash::BuildHasherDefault<crate::dedup::IdHasher>>,
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct KeyGroupState {
+    /// Carts by user.
     pub users: HashMap<CompactString, UserState>,
     pub dedup: Dedup,
-    /// Global window start → (end, this group's partial).
-    pub global: BTreeMap<i64, (i64, GlobalAgg)>,
+    /// Fixed user windows: (end, start) → bucket.
+    pub windows: BTreeMap<(i64, i64), WindowBucket>,
+    /// Session windows by user (session user windows only).
+    pub sessions: HashMap<CompactString, SmallVec<[UserWindow; 1]>>,
+    /// Global window start → this group's partial.
+    pub global: BTreeMap<i64, GlobalEntry>,
     /// Quantity of each product held in this group's carts.
     pub holds: HashMap<CompactString, i64>,
-    /// Event-time timers: fire time → users to look at. Derived from `users`, so it is not
-    /// snapshotted but rebuilt on restore.
+    /// Event-time timers (abandoned carts, session windows): fire time → users to look at.
+    /// Derived from `users` and `sessions`, so not snapshotted but rebuilt on restore.
     #[serde(skip)]
     pub timers: BTreeMap<i64, Vec<CompactString>>,
 }
@@ -156,24 +198,46 @@ impl KeyGroupState {
     }
 
     /// Recreates the timers a restored group needs.
-    pub fn rebuild_timers(&mut self, lateness: i64, global_lateness: i64) {
+    pub fn rebuild_timers(&mut self, lateness: i64) {
         let mut timers: BTreeMap<i64, Vec<CompactString>> = BTreeMap::new();
-        for (u, st) in self.users.iter_mut() {
-            for w in &st.windows {
+        for (u, ws) in &self.sessions {
+            for w in ws {
                 timers.entry(w.end).or_default().push(u.clone());
                 if lateness > 0 {
                     timers.entry(w.end + lateness).or_default().push(u.clone());
                 }
             }
+        }
+        for (u, st) in self.users.iter_mut() {
             st.abandon_timer = st.abandon_at;
             if let Some(t) = st.abandon_at {
                 timers.entry(t).or_default().push(u.clone());
             }
-            for &(_, end) in &st.global_counted {
-                timers.entry(end + global_lateness).or_default().push(u.clone());
-            }
         }
         self.timers = timers;
+    }
+
+    /// Heap bytes held, estimated from table capacities and entry sizes: (cart state,
+    /// everything else). Allocator overhead is not included.
+    pub fn approx_bytes(&self) -> (usize, usize) {
+        use std::mem::size_of;
+        let carts = self.users.capacity() * (size_of::<(CompactString, UserState)>() + 1)
+            + self
+                .users
+                .values()
+                .filter(|u| u.lines.spilled())
+                .map(|u| u.lines.capacity() * size_of::<CartLine>())
+                .sum::<usize>();
+        let windows: usize = self
+            .windows
+            .values()
+            .map(|b| b.users.capacity() * (size_of::<(CompactString, WindowEntry)>() + 1) + 64)
+            .sum();
+        let other = windows
+            + self.dedup.approx_bytes()
+            + self.holds.capacity() * (size_of::<(CompactString, i64)>() + 1)
+            + self.global.len() * size_of::<GlobalEntry>();
+        (carts, other)
     }
 
     pub fn gauges(&self) -> Gauges {

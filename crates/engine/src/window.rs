@@ -31,7 +31,9 @@ impl WindowSpec {
     pub fn validate(&self) -> Result<(), String> {
         let ms = |d: Duration| d.as_millis();
         match *self {
-            WindowSpec::Tumbling { size } if ms(size) == 0 => Err("size must be at least 1ms".into()),
+            WindowSpec::Tumbling { size } if ms(size) == 0 => {
+                Err("size must be at least 1ms".into())
+            }
             WindowSpec::Sliding { size, slide } if ms(slide) == 0 || ms(size) == 0 => {
                 Err("size and slide must be at least 1ms".into())
             }
@@ -96,13 +98,17 @@ mod tests {
         let t = WindowSpec::Tumbling {
             size: Duration::from_secs(10),
         };
-        assert_eq!(windows(&t, 1_764_000_000_123), vec![(1_764_000_000_000, 1_764_000_010_000)]);
+        assert_eq!(
+            windows(&t, 1_764_000_000_123),
+            vec![(1_764_000_000_000, 1_764_000_010_000)]
+        );
         assert_eq!(windows(&t, -1), vec![(-10_000, 0)]);
     }
 
     #[test]
     fn config_round_trip_and_rejects_unknown_keys() {
-        let s: WindowSpec = toml::from_str("kind = \"sliding\"\nsize = \"1m\"\nslide = \"10s\"").unwrap();
+        let s: WindowSpec =
+            toml::from_str("kind = \"sliding\"\nsize = \"1m\"\nslide = \"10s\"").unwrap();
         assert_eq!(
             s,
             WindowSpec::Sliding {
@@ -110,7 +116,10 @@ mod tests {
                 slide: Duration::from_secs(10)
             }
         );
-        assert!(toml::from_str::<WindowSpec>("kind = \"tumbling\"\nsize = \"1m\"\nslid = \"1s\"").is_err());
+        assert!(
+            toml::from_str::<WindowSpec>("kind = \"tumbling\"\nsize = \"1m\"\nslid = \"1s\"")
+                .is_err()
+        );
     }
 
     proptest! {

@@ -194,7 +194,10 @@ impl CsvDecoder {
         for (i, r) in refs.iter().enumerate() {
             let Some(r) = r else { continue };
             if let Some(n) = r.strip_prefix('#') {
-                idx[i] = Some(n.parse().map_err(|_| CsvMappingError::BadIndex(r.to_string()))?);
+                idx[i] = Some(
+                    n.parse()
+                        .map_err(|_| CsvMappingError::BadIndex(r.to_string()))?,
+                );
             } else if let Some(p) = names.iter().position(|h| h == *r) {
                 idx[i] = Some(p);
             } else if matches!(i, 1 | 2 | 4) || header.is_none() {

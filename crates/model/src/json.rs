@@ -79,10 +79,9 @@ impl<'a> Cur<'a> {
 
     fn err<T>(&self, what: &str) -> PResult<T> {
         match self.peek() {
-            Some(c) if c.is_ascii_graphic() => Err(format!(
-                "{what} at byte {}, found `{}`",
-                self.i, c as char
-            )),
+            Some(c) if c.is_ascii_graphic() => {
+                Err(format!("{what} at byte {}, found `{}`", self.i, c as char))
+            }
             Some(c) => Err(format!("{what} at byte {}, found byte 0x{c:02x}", self.i)),
             None => Err(format!("{what} at byte {}, found end of input", self.i)),
         }
@@ -361,25 +360,26 @@ pub fn decode_json(line: &[u8], opts: &DecodeOptions) -> Result<CartEvent, Decod
         });
     }
     let s = std::str::from_utf8(line).map_err(|e| DecodeError::InvalidUtf8(e.valid_up_to()))?;
-    let mut c = Cur {
-        s,
-        b: line,
-        i: 0,
-    };
+    let mut c = Cur { s, b: line, i: 0 };
     c.ws();
     match c.peek() {
         Some(b'{') => {}
         Some(b'[') => return Err(DecodeError::NotObject("an array")),
         Some(b'"') => return Err(DecodeError::NotObject("a string")),
         Some(b'-' | b'0'..=b'9') => return Err(DecodeError::NotObject("a number")),
-        Some(b't' | b'f' | b'n') if c.value(0).is_ok() && {
-            c.ws();
-            c.peek().is_none()
-        } =>
+        Some(b't' | b'f' | b'n')
+            if c.value(0).is_ok() && {
+                c.ws();
+                c.peek().is_none()
+            } =>
         {
             return Err(DecodeError::NotObject("a literal"))
         }
-        _ => return Err(DecodeError::NotJson(c.err::<()>("expected `{`").unwrap_err())),
+        _ => {
+            return Err(DecodeError::NotJson(
+                c.err::<()>("expected `{`").unwrap_err(),
+            ))
+        }
     }
     c.i += 1;
     c.ws();
@@ -407,12 +407,16 @@ pub fn decode_json(line: &[u8], opts: &DecodeOptions) -> Result<CartEvent, Decod
     } else {
         loop {
             if c.peek() != Some(b'"') {
-                return Err(DecodeError::NotJson(c.err::<()>("expected a key").unwrap_err()));
+                return Err(DecodeError::NotJson(
+                    c.err::<()>("expected a key").unwrap_err(),
+                ));
             }
             let key = c.string().map_err(DecodeError::NotJson)?;
             c.ws();
             if c.peek() != Some(b':') {
-                return Err(DecodeError::NotJson(c.err::<()>("expected `:`").unwrap_err()));
+                return Err(DecodeError::NotJson(
+                    c.err::<()>("expected `:`").unwrap_err(),
+                ));
             }
             c.i += 1;
             c.ws();
@@ -474,7 +478,8 @@ pub fn decode_json(line: &[u8], opts: &DecodeOptions) -> Result<CartEvent, Decod
     c.ws();
     if c.peek().is_some() {
         return Err(DecodeError::NotJson(
-            c.err::<()>("trailing characters after the object").unwrap_err(),
+            c.err::<()>("trailing characters after the object")
+                .unwrap_err(),
         ));
     }
     if let Some(e) = field_err {
@@ -484,7 +489,9 @@ pub fn decode_json(line: &[u8], opts: &DecodeOptions) -> Result<CartEvent, Decod
     let ts = match ts_val {
         None | Some(Val::Null) => return Err(DecodeError::MissingField("ts")),
         Some(Val::Num(n)) => parse_ts_number(n)?,
-        Some(Val::Str(s)) => parse_rfc3339_ms(&s).ok_or_else(|| DecodeError::InvalidTs(s.into()))?,
+        Some(Val::Str(s)) => {
+            parse_rfc3339_ms(&s).ok_or_else(|| DecodeError::InvalidTs(s.into()))?
+        }
         Some(Val::Other(_)) => {
             return Err(DecodeError::WrongType {
                 field: "ts",
@@ -498,7 +505,9 @@ pub fn decode_json(line: &[u8], opts: &DecodeOptions) -> Result<CartEvent, Decod
     };
     let action = match action_val {
         None | Some(Val::Null) => return Err(DecodeError::MissingField("action")),
-        Some(Val::Str(s)) => Action::parse(&s).ok_or_else(|| DecodeError::UnknownAction(s.into()))?,
+        Some(Val::Str(s)) => {
+            Action::parse(&s).ok_or_else(|| DecodeError::UnknownAction(s.into()))?
+        }
         Some(_) => {
             return Err(DecodeError::WrongType {
                 field: "action",
@@ -721,35 +730,83 @@ mod tests {
         assert_eq!(code(r#"{"ts":1} x"#), "not_json");
         assert_eq!(code("[1,2]"), "not_object");
         assert_eq!(code("42"), "not_object");
-        assert_eq!(code(r#"{"ts":"x","user_id":"u","action":"view","sku":"p"}"#), "invalid_ts");
-        assert_eq!(code(r#"{"ts":true,"user_id":"u","action":"view","sku":"p"}"#), "wrong_type");
-        assert_eq!(code(r#"{"user_id":"u","action":"view","sku":"p"}"#), "missing_field");
-        assert_eq!(code(r#"{"ts":1,"action":"view","sku":"p"}"#), "missing_field");
-        assert_eq!(code(r#"{"ts":1,"user_id":"u","action":"add","qty":1}"#), "missing_field");
-        assert_eq!(code(r#"{"ts":1,"user_id":"u","action":"buy","sku":"p"}"#), "unknown_action");
-        assert_eq!(code(r#"{"ts":1,"user_id":"u","action":"add","sku":"p","qty":-1}"#), "negative_qty");
-        assert_eq!(code(r#"{"ts":1,"user_id":"u","action":"add","sku":"p","qty":1.5}"#), "invalid_qty");
-        assert_eq!(code(r#"{"ts":1,"user_id":"u","action":"add","sku":"p","qty":"2"}"#), "wrong_type");
-        assert_eq!(code(r#"{"ts":1,"user_id":"u","action":"add","sku":"p","qty":1,"price":-3}"#), "invalid_price");
-        assert_eq!(code(r#"{"ts":1,"user_id":{},"action":"view","sku":"p"}"#), "wrong_type");
-        assert_eq!(code(r#"{"ts":1,"ts":2,"user_id":"u","action":"view","sku":"p"}"#), "duplicate_field");
-        assert_eq!(code(r#"{"ts":1,"user_id":"u\x","action":"view","sku":"p"}"#), "not_json");
-        assert_eq!(code(r#"{"ts":1,"user_id":"\ud800","action":"view","sku":"p"}"#), "not_json");
+        assert_eq!(
+            code(r#"{"ts":"x","user_id":"u","action":"view","sku":"p"}"#),
+            "invalid_ts"
+        );
+        assert_eq!(
+            code(r#"{"ts":true,"user_id":"u","action":"view","sku":"p"}"#),
+            "wrong_type"
+        );
+        assert_eq!(
+            code(r#"{"user_id":"u","action":"view","sku":"p"}"#),
+            "missing_field"
+        );
+        assert_eq!(
+            code(r#"{"ts":1,"action":"view","sku":"p"}"#),
+            "missing_field"
+        );
+        assert_eq!(
+            code(r#"{"ts":1,"user_id":"u","action":"add","qty":1}"#),
+            "missing_field"
+        );
+        assert_eq!(
+            code(r#"{"ts":1,"user_id":"u","action":"buy","sku":"p"}"#),
+            "unknown_action"
+        );
+        assert_eq!(
+            code(r#"{"ts":1,"user_id":"u","action":"add","sku":"p","qty":-1}"#),
+            "negative_qty"
+        );
+        assert_eq!(
+            code(r#"{"ts":1,"user_id":"u","action":"add","sku":"p","qty":1.5}"#),
+            "invalid_qty"
+        );
+        assert_eq!(
+            code(r#"{"ts":1,"user_id":"u","action":"add","sku":"p","qty":"2"}"#),
+            "wrong_type"
+        );
+        assert_eq!(
+            code(r#"{"ts":1,"user_id":"u","action":"add","sku":"p","qty":1,"price":-3}"#),
+            "invalid_price"
+        );
+        assert_eq!(
+            code(r#"{"ts":1,"user_id":{},"action":"view","sku":"p"}"#),
+            "wrong_type"
+        );
+        assert_eq!(
+            code(r#"{"ts":1,"ts":2,"user_id":"u","action":"view","sku":"p"}"#),
+            "duplicate_field"
+        );
+        assert_eq!(
+            code(r#"{"ts":1,"user_id":"u\x","action":"view","sku":"p"}"#),
+            "not_json"
+        );
+        assert_eq!(
+            code(r#"{"ts":1,"user_id":"\ud800","action":"view","sku":"p"}"#),
+            "not_json"
+        );
         let bad_utf8 = b"{\"ts\":1,\"user_id\":\"\xff\",\"action\":\"view\",\"sku\":\"p\"}";
         assert_eq!(
-            decode_json(bad_utf8, &DecodeOptions::default()).unwrap_err().code(),
+            decode_json(bad_utf8, &DecodeOptions::default())
+                .unwrap_err()
+                .code(),
             "invalid_utf8"
         );
         let opts = DecodeOptions {
             max_record_bytes: 10,
             ..Default::default()
         };
-        assert_eq!(decode_json(SAMPLE.as_bytes(), &opts).unwrap_err().code(), "too_long");
+        assert_eq!(
+            decode_json(SAMPLE.as_bytes(), &opts).unwrap_err().code(),
+            "too_long"
+        );
     }
 
     #[test]
     fn accepts_numeric_ids_and_integral_float_qty() {
-        let e = d(r#"{"ts":1,"user_id":123,"action":"add","sku":789,"qty":2.0,"price":"5.50"}"#).unwrap();
+        let e = d(r#"{"ts":1,"user_id":123,"action":"add","sku":789,"qty":2.0,"price":"5.50"}"#)
+            .unwrap();
         assert_eq!(e.user_id, "123");
         assert_eq!(e.sku.as_deref(), Some("789"));
         assert_eq!(e.qty, Some(2));

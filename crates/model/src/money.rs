@@ -11,7 +11,9 @@ pub const SCALE_DIGITS: u32 = 4;
 /// `10^SCALE_DIGITS`.
 pub const SCALE: i64 = 10_000;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Money(pub i64);
 

@@ -49,11 +49,23 @@ mod tests {
 
     #[test]
     fn formats() {
-        assert_eq!(parse_rfc3339_ms("2025-11-24T16:00:00.123Z"), Some(1_764_000_000_123));
-        assert_eq!(parse_rfc3339_ms("2025-11-25T00:00:00.123+08:00"), Some(1_764_000_000_123));
+        assert_eq!(
+            parse_rfc3339_ms("2025-11-24T16:00:00.123Z"),
+            Some(1_764_000_000_123)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2025-11-25T00:00:00.123+08:00"),
+            Some(1_764_000_000_123)
+        );
         let p = TsFormat::Pattern("%Y-%m-%d %H:%M:%S UTC".into());
-        assert_eq!(p.parse_ms("2019-10-01 00:00:00 UTC"), Some(1_569_888_000_000));
-        assert_eq!(TsFormat::EpochS.parse_ms("1569888000"), Some(1_569_888_000_000));
+        assert_eq!(
+            p.parse_ms("2019-10-01 00:00:00 UTC"),
+            Some(1_569_888_000_000)
+        );
+        assert_eq!(
+            TsFormat::EpochS.parse_ms("1569888000"),
+            Some(1_569_888_000_000)
+        );
         assert_eq!(TsFormat::EpochMs.parse_ms("x"), None);
     }
 }

@@ -69,10 +69,17 @@ struct WindowsQuery {
     limit: Option<usize>,
 }
 
-async fn windows(State(st): State<AppState>, Query(q): Query<WindowsQuery>) -> Json<serde_json::Value> {
+async fn windows(
+    State(st): State<AppState>,
+    Query(q): Query<WindowsQuery>,
+) -> Json<serde_json::Value> {
     let l = st.api.live.inner.lock().expect("live lock");
     let n = q.limit.unwrap_or(60).min(l.recent_windows.len());
-    let v: Vec<_> = l.recent_windows.iter().skip(l.recent_windows.len() - n).collect();
+    let v: Vec<_> = l
+        .recent_windows
+        .iter()
+        .skip(l.recent_windows.len() - n)
+        .collect();
     Json(json!({ "windows": v }))
 }
 

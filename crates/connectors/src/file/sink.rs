@@ -27,7 +27,11 @@ fn pending_name(epoch: u64) -> String {
 /// Epoch of a file this sink wrote, and whether it is pending.
 fn parse_name(name: &str) -> Option<(u64, bool)> {
     if let Some(rest) = name.strip_prefix(".part-") {
-        return rest.strip_suffix(".jsonl.pending")?.parse().ok().map(|e| (e, true));
+        return rest
+            .strip_suffix(".jsonl.pending")?
+            .parse()
+            .ok()
+            .map(|e| (e, true));
     }
     name.strip_prefix("part-")?
         .strip_suffix(".jsonl")?
@@ -100,7 +104,13 @@ impl Sink for JsonlDirSink {
         Ok(())
     }
 
-    fn write(&mut self, epoch: u64, stream: Stream, records: &[u8], _count: u64) -> Result<(), SinkError> {
+    fn write(
+        &mut self,
+        epoch: u64,
+        stream: Stream,
+        records: &[u8],
+        _count: u64,
+    ) -> Result<(), SinkError> {
         let key = (epoch, stream);
         if !self.open.contains_key(&key) {
             let p = self.stream_dir(stream).join(pending_name(epoch));
@@ -116,12 +126,18 @@ impl Sink for JsonlDirSink {
     }
 
     fn pre_commit(&mut self, epoch: u64) -> Result<(), SinkError> {
-        let keys: Vec<_> = self.open.range((epoch, Stream::ALL[0])..=(epoch, Stream::ALL[4])).map(|(k, _)| *k).collect();
+        let keys: Vec<_> = self
+            .open
+            .range((epoch, Stream::ALL[0])..=(epoch, Stream::ALL[4]))
+            .map(|(k, _)| *k)
+            .collect();
         for key in keys {
             let mut w = self.open.remove(&key).expect("listed");
             let p = self.stream_dir(key.1).join(pending_name(epoch));
             w.flush().map_err(|e| self.err("flush", &p, e))?;
-            let f = w.into_inner().map_err(|e| self.err("flush", &p, e.into_error()))?;
+            let f = w
+                .into_inner()
+                .map_err(|e| self.err("flush", &p, e.into_error()))?;
             f.sync_all().map_err(|e| self.err("sync", &p, e))?;
         }
         Ok(())
@@ -162,12 +178,21 @@ mod tests {
         s.write(1, Stream::UserWindows, b"a\n", 1).unwrap();
         s.write(2, Stream::UserWindows, b"b\n", 1).unwrap();
         s.pre_commit(1).unwrap();
-        assert_eq!(files(d.path()), vec![".part-000000000001.jsonl.pending", ".part-000000000002.jsonl.pending"]);
+        assert_eq!(
+            files(d.path()),
+            vec![
+                ".part-000000000001.jsonl.pending",
+                ".part-000000000002.jsonl.pending"
+            ]
+        );
         // crash here after the manifest named checkpoint 1: restart rolls 1 forward, drops 2
         let mut s = JsonlDirSink::new(d.path());
         s.recover(Some(1)).unwrap();
         assert_eq!(files(d.path()), vec!["part-000000000001.jsonl"]);
-        assert_eq!(fs::read(d.path().join("user_windows/part-000000000001.jsonl")).unwrap(), b"a\n");
+        assert_eq!(
+            fs::read(d.path().join("user_windows/part-000000000001.jsonl")).unwrap(),
+            b"a\n"
+        );
         // a fresh start clears old output
         let mut s = JsonlDirSink::new(d.path());
         s.recover(None).unwrap();

@@ -197,14 +197,18 @@ impl Source for FileSource {
                     return Err(SourceError::BadPosition {
                         source_name: self.name.clone(),
                         position: v.to_string(),
-                        why: format!("the file is only {} bytes long (was it replaced?)", self.len),
+                        why: format!(
+                            "the file is only {} bytes long (was it replaced?)",
+                            self.len
+                        ),
                     });
                 }
                 off.max(header_end)
             }
             None => header_end,
         };
-        f.seek(SeekFrom::Start(self.offset)).map_err(|e| self.err(e))?;
+        f.seek(SeekFrom::Start(self.offset))
+            .map_err(|e| self.err(e))?;
         self.file = Some(f);
         Ok(())
     }
