@@ -272,7 +272,7 @@ fn report(s: &RunSummary) {
         late = e[3],
         dead_letters = e[4],
         elapsed_s = s.elapsed.as_secs_f64(),
-        "replay complete"
+        "pipeline finished"
     );
 }
 

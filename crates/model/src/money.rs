@@ -11,11 +11,33 @@ pub const SCALE_DIGITS: u32 = 4;
 /// `10^SCALE_DIGITS`.
 pub const SCALE: i64 = 10_000;
 
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-#[serde(transparent)]
+/// Serialized as a decimal number in human-readable formats (JSON) and as the raw `i64`
+/// in binary ones (snapshots), so neither loses a digit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Money(pub i64);
+
+impl Serialize for Money {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            // exact: |v| < 2^53, so v / 10^4 is the double nearest the decimal, and the
+            // shortest round-trip form of that double is the decimal itself
+            s.serialize_f64(self.0 as f64 / SCALE as f64)
+        } else {
+            s.serialize_i64(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Money {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let v = f64::deserialize(d)?;
+            Ok(Money((v * SCALE as f64).round() as i64))
+        } else {
+            i64::deserialize(d).map(Money)
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MoneyError {
@@ -220,7 +242,25 @@ mod tests {
         assert_eq!(f(0), "0");
     }
 
+    #[test]
+    fn json_is_a_decimal_and_binary_is_exact() {
+        assert_eq!(serde_json::to_string(&Money(399_800)).unwrap(), "39.98");
+        assert_eq!(
+            serde_json::from_str::<Money>("39.98").unwrap(),
+            Money(399_800)
+        );
+        let big = Money(123_456_789_012_345);
+        assert_eq!(serde_json::to_string(&big).unwrap(), "12345678901.2345");
+    }
+
     proptest! {
+        #[test]
+        fn json_roundtrip(v in -100_000_000_000_000i64..100_000_000_000_000) {
+            let s = serde_json::to_string(&Money(v)).unwrap();
+            prop_assert_eq!(s.parse::<f64>().unwrap(), v as f64 / 10_000.0);
+            prop_assert_eq!(Money::parse(s.as_bytes()), Ok(Money(v)));
+        }
+
         #[test]
         fn format_parse_roundtrip(v in -1_000_000_000_000i64..1_000_000_000_000) {
             let s = Money(v).to_string();
