@@ -8,24 +8,13 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::Path;
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AppConfig {
     pub pipeline: PipelineConfig,
     pub source: Option<SourceConfig>,
     pub sinks: Vec<SinkConfig>,
     pub http: HttpConfig,
-}
-
-impl Default for AppConfig {
-    fn default() -> Self {
-        AppConfig {
-            pipeline: PipelineConfig::default(),
-            source: None,
-            sinks: Vec::new(),
-            http: HttpConfig::default(),
-        }
-    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -207,7 +207,7 @@ fn replay(a: ReplayArgs) -> Result<()> {
         pipeline.checkpoint.interval = i;
     }
     let mut file_cfg = match app.source {
-        Some(SourceConfig::File(f)) => f,
+        Some(SourceConfig::File(f)) => *f,
         _ => FileSourceConfig::default(),
     };
     file_cfg.path = a.input.clone();

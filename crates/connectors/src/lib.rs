@@ -17,7 +17,7 @@ pub use memory::MemorySource;
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SourceConfig {
-    File(FileSourceConfig),
+    File(Box<FileSourceConfig>),
     /// The built-in simulator, released at wall-clock pace.
     Generator(cartpulse_gen::GenConfig),
 }
@@ -32,7 +32,7 @@ pub enum SinkConfig {
 
 pub fn build_source(cfg: &SourceConfig, max_record_bytes: usize) -> Box<dyn Source> {
     match cfg {
-        SourceConfig::File(c) => Box::new(FileSource::new(c.clone(), max_record_bytes)),
+        SourceConfig::File(c) => Box::new(FileSource::new((**c).clone(), max_record_bytes)),
         SourceConfig::Generator(g) => Box::new(GenSource::new(g.clone(), max_record_bytes)),
     }
 }

@@ -49,6 +49,9 @@ pub struct CheckpointMeta {
     pub finished: bool,
 }
 
+/// Encoded key groups of one shard: `(shard, [(key group, bytes)])`.
+pub type ShardSnapshot = (usize, Vec<(u32, Vec<u8>)>);
+
 pub struct Restored {
     pub meta: CheckpointMeta,
     pub groups: HashMap<u32, KeyGroupState>,
@@ -161,7 +164,7 @@ impl CheckpointStore {
     pub fn write(
         &self,
         meta: &CheckpointMeta,
-        shards: &[(usize, Vec<(u32, Vec<u8>)>)],
+        shards: &[ShardSnapshot],
     ) -> Result<u64, EngineError> {
         let final_dir = chk_dir(&self.dir, meta.id);
         let tmp = self.dir.join(format!("chk-{:012}.tmp", meta.id));

@@ -55,7 +55,7 @@ pub(crate) enum ToCommitter {
 #[derive(Default)]
 struct PendingCheckpoint {
     barrier: Option<(Value, bool, Instant)>,
-    snapshots: Vec<(usize, Vec<(u32, Vec<u8>)>)>,
+    snapshots: Vec<crate::checkpoint::ShardSnapshot>,
     source_max: i64,
 }
 

@@ -293,7 +293,7 @@ impl Shard {
             ..
         } = st;
         // only actions that can put something in a cart create cart state
-        let mut user = match users.get_mut(ev.user_id.as_str()) {
+        let user = match users.get_mut(ev.user_id.as_str()) {
             Some(u) => Some(u),
             None if matches!(ev.action, Action::Add | Action::UpdateQty) => {
                 Some(users.entry(ev.user_id.clone()).or_default())
@@ -458,7 +458,7 @@ impl Shard {
         }
 
         // cart state follows every event, late or not: a late add is still in the cart
-        let Some(user) = user.as_deref_mut() else {
+        let Some(user) = user else {
             if ev.action == Action::Remove {
                 self.counts.missing_line += 1;
             }

@@ -161,7 +161,7 @@ impl Money {
         out.extend_from_slice(b.format(int).as_bytes());
         if frac != 0 {
             let mut width = SCALE_DIGITS as usize;
-            while frac % 10 == 0 {
+            while frac.is_multiple_of(10) {
                 frac /= 10;
                 width -= 1;
             }
