@@ -115,6 +115,7 @@ pub(crate) struct Shard {
     /// (key group, window end, window start, user); end `i64::MIN` means a session window.
     dirty: Vec<(u32, i64, i64, CompactString)>,
     scratch: Vec<(i64, i64)>,
+    fresh: Vec<bool>,
     partials: BTreeMap<(i64, i64), GlobalAgg>,
     tx: Sender<ToCommitter>,
     metrics: Arc<Metrics>,
@@ -148,6 +149,7 @@ impl Shard {
             counts: LocalCounts::default(),
             dirty: Vec::new(),
             scratch: Vec::new(),
+            fresh: Vec::new(),
             partials: BTreeMap::new(),
             tx,
             metrics,
@@ -184,9 +186,23 @@ impl Shard {
     }
 
     fn process(&mut self, sub: SubBatch) -> Result<(), String> {
+        // Dedup first, for the whole batch: the probes are independent, so the CPU overlaps
+        // their cache misses instead of taking them one event at a time. Decisions are the
+        // same as inline, since they depend only on the order of ids.
+        let mut fresh = std::mem::take(&mut self.fresh);
+        fresh.clear();
         for r in &sub.events {
-            self.event(r);
+            let st = &mut self.groups[(r.kg - self.first_group) as usize];
+            fresh.push(st.dedup.insert(r.id_hash, r.ev.ts));
         }
+        for (r, &new) in sub.events.iter().zip(&fresh) {
+            if new {
+                self.event(r);
+            } else {
+                self.counts.duplicates += 1;
+            }
+        }
+        self.fresh = fresh;
         if self.set.track_latency && !sub.events.is_empty() {
             self.record_latency(&sub.events);
         }
@@ -279,10 +295,6 @@ impl Shard {
         let kg = r.kg;
         let gi = (kg - self.first_group) as usize;
         let st = &mut self.groups[gi];
-        if !st.dedup.insert(r.id_hash, ev.ts) {
-            self.counts.duplicates += 1;
-            return;
-        }
         let KeyGroupState {
             users,
             windows,
