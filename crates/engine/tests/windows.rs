@@ -131,12 +131,12 @@ fn session_windows_merge_out_of_order_events() {
         cfg,
         vec![
             ev("a", 0, "u"),
+            ev("f", 0, "v"),
             ev("b", 1000, "u"),
             ev("c", 5000, "u"),
             // out of order but within the bound: bridges both sessions
             ev("d", 3500, "u"),
             ev("e", 20_000, "u"),
-            ev("f", 0, "v"),
         ],
     );
     let u: Vec<Value> = out["user_windows"]
