@@ -43,6 +43,11 @@ enum What {
         #[arg(long)]
         shards: Option<usize>,
     },
+    /// Decoder alone: JSON lines → events on one thread (the hottest code path).
+    Decode {
+        #[arg(long, default_value_t = 2_000_000)]
+        events: u64,
+    },
     /// Checkpoint cost with many active carts.
     Checkpoint {
         #[arg(long, default_value_t = 1_000_000)]
@@ -67,6 +72,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             seconds,
             shards,
         } => latency(rate, seconds, shards),
+        What::Decode { events } => decode(events),
         What::Checkpoint {
             carts,
             lines,
@@ -170,6 +176,35 @@ fn replay(events: u64, shards: &[usize], dir: &Path, ckpt: Option<Duration>) -> 
             );
         }
     }
+    Ok(())
+}
+
+fn decode(events: u64) -> Result<()> {
+    let mut gen = cartpulse_gen::Generator::new(cartpulse_gen::GenConfig {
+        events,
+        seed: 42,
+        ..Default::default()
+    })?;
+    let mut data = Vec::with_capacity(events as usize * 210);
+    while gen.next_line(&mut data).is_some() {}
+    let opts = cartpulse_model::DecodeOptions::default();
+    let mut best = f64::MAX;
+    let mut checksum = 0i64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let e = cartpulse_model::decode_json(line, &opts).expect("generated lines decode");
+            checksum = checksum.wrapping_add(e.ts);
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    println!("machine: {}", machine());
+    println!(
+        "decode {events} JSON lines ({:.0} bytes each) on one thread, best of 5: {:.2} M events/s, {:.0} MB/s (checksum {checksum})",
+        data.len() as f64 / events as f64,
+        events as f64 / best / 1e6,
+        data.len() as f64 / best / 1e6
+    );
     Ok(())
 }
 

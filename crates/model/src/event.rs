@@ -6,9 +6,10 @@ use serde::{Deserialize, Serialize};
 
 /// What the user did. `Remove` without a quantity removes the whole line; `Checkout`
 /// turns the cart into an order and empties it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
+    #[default]
     View,
     Add,
     Remove,

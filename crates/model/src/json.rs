@@ -38,19 +38,22 @@ enum Val<'a> {
     Str(Cow<'a, str>),
     Num(&'a str),
     Null,
-    Other(&'static str),
+    /// booleans, objects, arrays: never a valid event field
+    Other,
 }
 
-impl Val<'_> {
-    fn kind(&self) -> &'static str {
-        match self {
-            Val::Str(_) => "string",
-            Val::Num(_) => "number",
-            Val::Null => "null",
-            Val::Other(k) => k,
-        }
+/// Bytes that end the fast scan of a string: quote, backslash, control characters.
+static SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
     }
-}
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
 
 struct Cur<'a> {
     s: &'a str,
@@ -92,19 +95,21 @@ impl<'a> Cur<'a> {
         debug_assert_eq!(self.peek(), Some(b'"'));
         self.i += 1;
         let start = self.i;
-        // fast path: scan to the closing quote, bail to the slow path at the first escape
-        loop {
-            match self.b.get(self.i) {
-                Some(b'"') => {
-                    let s = &self.s[start..self.i];
-                    self.i += 1;
-                    return Ok(Cow::Borrowed(s));
-                }
-                Some(b'\\') => break,
-                Some(c) if *c < 0x20 => return self.err("control character in string"),
-                Some(_) => self.i += 1,
-                None => return self.err("unterminated string"),
+        // fast path: skip ordinary bytes by table, then look at the byte that stopped us
+        let run = self.b[start..]
+            .iter()
+            .position(|&c| SPECIAL[c as usize])
+            .unwrap_or(self.b.len() - start);
+        self.i = start + run;
+        match self.peek() {
+            Some(b'"') => {
+                let s = &self.s[start..self.i];
+                self.i += 1;
+                return Ok(Cow::Borrowed(s));
             }
+            Some(b'\\') => {}
+            Some(_) => return self.err("control character in string"),
+            None => return self.err("unterminated string"),
         }
         let mut out = String::with_capacity(self.i - start + 16);
         out.push_str(&self.s[start..self.i]);
@@ -246,19 +251,19 @@ impl<'a> Cur<'a> {
             }
             Some(b't') => {
                 self.literal(b"true")?;
-                Ok(Val::Other("boolean"))
+                Ok(Val::Other)
             }
             Some(b'f') => {
                 self.literal(b"false")?;
-                Ok(Val::Other("boolean"))
+                Ok(Val::Other)
             }
             Some(b'{') => {
                 self.skip_container(depth + 1, b'}')?;
-                Ok(Val::Other("object"))
+                Ok(Val::Other)
             }
             Some(b'[') => {
                 self.skip_container(depth + 1, b']')?;
-                Ok(Val::Other("array"))
+                Ok(Val::Other)
             }
             _ => self.err("expected a value"),
         }
@@ -337,20 +342,6 @@ fn field_of(key: &str) -> Option<(u16, &'static str)> {
     })
 }
 
-/// An identifier: strings as they are, numbers by their text (many shops use numeric ids);
-/// null means absent.
-fn ident(v: Val<'_>, field: &'static str) -> Result<Option<CompactString>, DecodeError> {
-    match v {
-        Val::Str(s) => Ok(Some(CompactString::from(s.as_ref()))),
-        Val::Num(n) => Ok(Some(CompactString::from(n))),
-        Val::Null => Ok(None),
-        Val::Other(_) => Err(DecodeError::WrongType {
-            field,
-            expected: "a string",
-        }),
-    }
-}
-
 /// Decodes one record into an event. `line` excludes the trailing newline.
 pub fn decode_json(line: &[u8], opts: &DecodeOptions) -> Result<CartEvent, DecodeError> {
     if line.len() > opts.max_record_bytes {
@@ -385,22 +376,12 @@ pub fn decode_json(line: &[u8], opts: &DecodeOptions) -> Result<CartEvent, Decod
     c.ws();
 
     let mut seen = 0u16;
-    let mut event_id = None;
-    let mut ts_val: Option<Val> = None;
-    let mut user_id = None;
-    let mut session_id = None;
-    let mut action_val: Option<Val> = None;
-    let mut sku = None;
-    let mut qty_val: Option<Val> = None;
-    let mut price_val: Option<Val> = None;
-    let mut category = None;
-    let mut device_id = None;
-    let mut ip = None;
-    let mut order_id = None;
-    let mut currency = None;
+    let mut f = RawFields::default();
+    let mut ts = None;
+    let mut action = None;
     // A field error is remembered, not returned at once: the rest of the line must still be
     // valid JSON, and a syntax error is the more fundamental reason.
-    let mut field_err: Option<DecodeError> = None;
+    let mut err: Option<DecodeError> = None;
 
     if c.peek() == Some(b'}') {
         c.i += 1;
@@ -420,41 +401,33 @@ pub fn decode_json(line: &[u8], opts: &DecodeOptions) -> Result<CartEvent, Decod
             }
             c.i += 1;
             c.ws();
-            let v = c.value(0).map_err(DecodeError::NotJson)?;
-            if let Some((bit, name)) = field_of(&key) {
-                if seen & bit != 0 && field_err.is_none() {
-                    field_err = Some(DecodeError::DuplicateField(name));
+            match field_of(&key) {
+                None => {
+                    c.value(0).map_err(DecodeError::NotJson)?;
                 }
-                seen |= bit;
-                let r = match bit {
-                    F_EVENT_ID => ident(v, name).map(|x| event_id = x),
-                    F_TS => {
-                        ts_val = Some(v);
-                        Ok(())
+                Some((bit, name)) => {
+                    if seen & bit != 0 && err.is_none() {
+                        err = Some(DecodeError::DuplicateField(name));
                     }
-                    F_USER => ident(v, name).map(|x| user_id = x),
-                    F_SESSION => ident(v, name).map(|x| session_id = x),
-                    F_ACTION => {
-                        action_val = Some(v);
-                        Ok(())
-                    }
-                    F_SKU => ident(v, name).map(|x| sku = x),
-                    F_QTY => {
-                        qty_val = Some(v);
-                        Ok(())
-                    }
-                    F_PRICE => {
-                        price_val = Some(v);
-                        Ok(())
-                    }
-                    F_CATEGORY => ident(v, name).map(|x| category = x),
-                    F_DEVICE => ident(v, name).map(|x| device_id = x),
-                    F_IP => ident(v, name).map(|x| ip = x),
-                    F_ORDER => ident(v, name).map(|x| order_id = x),
-                    _ => ident(v, name).map(|x| currency = x),
-                };
-                if let (Err(e), None) = (r, &field_err) {
-                    field_err = Some(e);
+                    seen |= bit;
+                    let r = match bit {
+                        F_TS => c.ts(&mut err).map(|v| ts = v),
+                        F_ACTION => c.action(&mut err).map(|v| action = v),
+                        F_QTY => c.qty(&mut err).map(|v| f.qty = v),
+                        F_PRICE => c.price(&mut err).map(|v| f.price = v),
+                        _ => c.ident(name, &mut err).map(|v| match bit {
+                            F_EVENT_ID => f.event_id = v,
+                            F_USER => f.user_id = v.unwrap_or_default(),
+                            F_SESSION => f.session_id = v,
+                            F_SKU => f.sku = v,
+                            F_CATEGORY => f.category = v,
+                            F_DEVICE => f.device_id = v,
+                            F_IP => f.ip = v,
+                            F_ORDER => f.order_id = v,
+                            _ => f.currency = v,
+                        }),
+                    };
+                    r.map_err(DecodeError::NotJson)?;
                 }
             }
             c.ws();
@@ -482,87 +455,110 @@ pub fn decode_json(line: &[u8], opts: &DecodeOptions) -> Result<CartEvent, Decod
                 .unwrap_err(),
         ));
     }
-    if let Some(e) = field_err {
+    if let Some(e) = err {
         return Err(e);
     }
+    f.ts = ts.ok_or(DecodeError::MissingField("ts"))?;
+    if f.user_id.is_empty() {
+        return Err(DecodeError::MissingField("user_id"));
+    }
+    f.action = action.ok_or(DecodeError::MissingField("action"))?;
+    finish(line, f, opts)
+}
 
-    let ts = match ts_val {
-        None | Some(Val::Null) => return Err(DecodeError::MissingField("ts")),
-        Some(Val::Num(n)) => parse_ts_number(n)?,
-        Some(Val::Str(s)) => {
-            parse_rfc3339_ms(&s).ok_or_else(|| DecodeError::InvalidTs(s.into()))?
+impl Cur<'_> {
+    /// An identifier: strings as they are, numbers by their text (many shops use numeric
+    /// ids); null means absent.
+    fn ident(
+        &mut self,
+        field: &'static str,
+        err: &mut Option<DecodeError>,
+    ) -> PResult<Option<CompactString>> {
+        match self.peek() {
+            Some(b'"') => Ok(Some(CompactString::from(self.string()?.as_ref()))),
+            Some(b'-' | b'0'..=b'9') => Ok(Some(CompactString::from(self.number()?))),
+            _ => {
+                if !matches!(self.value(0)?, Val::Null) && err.is_none() {
+                    *err = Some(DecodeError::WrongType {
+                        field,
+                        expected: "a string",
+                    });
+                }
+                Ok(None)
+            }
         }
-        Some(Val::Other(_)) => {
-            return Err(DecodeError::WrongType {
+    }
+
+    fn ts(&mut self, err: &mut Option<DecodeError>) -> PResult<Option<i64>> {
+        let r = match self.value(0)? {
+            Val::Null => return Ok(None),
+            Val::Num(n) => parse_ts_number(n),
+            Val::Str(s) => parse_rfc3339_ms(&s).ok_or_else(|| DecodeError::InvalidTs(s.into())),
+            Val::Other => Err(DecodeError::WrongType {
                 field: "ts",
                 expected: "epoch milliseconds or an RFC 3339 string",
-            })
-        }
-    };
-    let user_id = match user_id {
-        Some(u) if !u.is_empty() => u,
-        _ => return Err(DecodeError::MissingField("user_id")),
-    };
-    let action = match action_val {
-        None | Some(Val::Null) => return Err(DecodeError::MissingField("action")),
-        Some(Val::Str(s)) => {
-            Action::parse(&s).ok_or_else(|| DecodeError::UnknownAction(s.into()))?
-        }
-        Some(_) => {
-            return Err(DecodeError::WrongType {
+            }),
+        };
+        Ok(keep(r, err))
+    }
+
+    fn action(&mut self, err: &mut Option<DecodeError>) -> PResult<Option<Action>> {
+        let r = match self.value(0)? {
+            Val::Null => return Ok(None),
+            Val::Str(s) => Action::parse(&s).ok_or_else(|| DecodeError::UnknownAction(s.into())),
+            _ => Err(DecodeError::WrongType {
                 field: "action",
                 expected: "a string",
-            })
-        }
-    };
-    let qty = match qty_val {
-        None | Some(Val::Null) => None,
-        Some(Val::Num(n)) => Some(parse_qty(n)?),
-        Some(v) => {
-            return Err(DecodeError::WrongType {
+            }),
+        };
+        Ok(keep(r, err))
+    }
+
+    fn qty(&mut self, err: &mut Option<DecodeError>) -> PResult<Option<u32>> {
+        let r = match self.value(0)? {
+            Val::Null => return Ok(None),
+            Val::Num(n) => parse_qty(n),
+            Val::Str(_) => Err(DecodeError::WrongType {
                 field: "qty",
-                expected: if matches!(v, Val::Str(_)) {
-                    "a number, not a string"
-                } else {
-                    "a non-negative integer"
-                },
-            })
-        }
-    };
-    let price = match price_val {
-        None | Some(Val::Null) => None,
-        Some(Val::Num(n)) => Some(parse_price(n)?),
-        Some(Val::Str(s)) => Some(parse_price(&s)?),
-        Some(v) => {
-            let _ = v.kind();
-            return Err(DecodeError::WrongType {
+                expected: "a number, not a string",
+            }),
+            Val::Other => Err(DecodeError::WrongType {
+                field: "qty",
+                expected: "a non-negative integer",
+            }),
+        };
+        Ok(keep(r, err))
+    }
+
+    fn price(&mut self, err: &mut Option<DecodeError>) -> PResult<Option<Money>> {
+        let r = match self.value(0)? {
+            Val::Null => return Ok(None),
+            Val::Num(n) => parse_price(n),
+            Val::Str(s) => parse_price(&s),
+            Val::Other => Err(DecodeError::WrongType {
                 field: "price",
                 expected: "a decimal number",
-            });
+            }),
+        };
+        Ok(keep(r, err))
+    }
+}
+
+/// The value of a typed field, or `None` with the first error remembered.
+fn keep<T>(r: Result<T, DecodeError>, err: &mut Option<DecodeError>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) => {
+            if err.is_none() {
+                *err = Some(e);
+            }
+            None
         }
-    };
-    finish(
-        line,
-        RawFields {
-            event_id,
-            ts,
-            user_id,
-            session_id,
-            action,
-            sku,
-            qty,
-            price,
-            category,
-            device_id,
-            ip,
-            order_id,
-            currency,
-        },
-        opts,
-    )
+    }
 }
 
 /// Fields after type checks, before the per-action rules every format shares.
+#[derive(Default)]
 pub(crate) struct RawFields {
     pub event_id: Option<CompactString>,
     pub ts: i64,
