@@ -29,10 +29,85 @@ impl std::hash::Hasher for IdHasher {
 
 type IdSet = hashbrown::HashSet<u64, std::hash::BuildHasherDefault<IdHasher>>;
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// Snapshotted as one blob of `(ts, id)` pairs in arrival order; the set is rebuilt on
+/// restore. This keeps the synchronous part of a checkpoint close to a memcpy: dedup ids
+/// are most of the state of a busy shard.
+#[derive(Debug, Default)]
 pub struct Dedup {
     seen: IdSet,
     order: VecDeque<(i64, u64)>,
+}
+
+impl Serialize for Dedup {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut blob = Vec::with_capacity(self.order.len() * 16);
+        for &(ts, id) in &self.order {
+            blob.extend_from_slice(&ts.to_le_bytes());
+            blob.extend_from_slice(&id.to_le_bytes());
+        }
+        s.serialize_bytes(&blob)
+    }
+}
+
+impl<'de> Deserialize<'de> for Dedup {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let blob: serde_bytes_compat::ByteBuf = Deserialize::deserialize(d)?;
+        let blob = blob.0;
+        if blob.len() % 16 != 0 {
+            return Err(serde::de::Error::custom(
+                "dedup blob is not a whole number of entries",
+            ));
+        }
+        let mut dd = Dedup::default();
+        dd.seen.reserve(blob.len() / 16);
+        dd.order.reserve(blob.len() / 16);
+        for c in blob.chunks_exact(16) {
+            let ts = i64::from_le_bytes(c[..8].try_into().expect("8 bytes"));
+            let id = u64::from_le_bytes(c[8..].try_into().expect("8 bytes"));
+            dd.insert(id, ts);
+        }
+        Ok(dd)
+    }
+}
+
+/// Reads a byte string whether the format hands it over as bytes or as a sequence.
+mod serde_bytes_compat {
+    pub struct ByteBuf(pub Vec<u8>);
+
+    impl<'de> serde::Deserialize<'de> for ByteBuf {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = ByteBuf;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("bytes")
+                }
+                fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v.to_vec()))
+                }
+                fn visit_borrowed_bytes<E: serde::de::Error>(
+                    self,
+                    v: &'de [u8],
+                ) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v.to_vec()))
+                }
+                fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
+                    Ok(ByteBuf(v))
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut a: A,
+                ) -> Result<ByteBuf, A::Error> {
+                    let mut v = Vec::new();
+                    while let Some(b) = a.next_element::<u8>()? {
+                        v.push(b);
+                    }
+                    Ok(ByteBuf(v))
+                }
+            }
+            d.deserialize_byte_buf(V)
+        }
+    }
 }
 
 impl Dedup {
@@ -79,6 +154,20 @@ impl Dedup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshot_round_trip_keeps_order_and_set() {
+        let mut d = Dedup::default();
+        for i in 0..100u64 {
+            d.insert(i * 7, i as i64);
+        }
+        let b = postcard::to_stdvec(&d).unwrap();
+        let mut r: Dedup = postcard::from_bytes(&b).unwrap();
+        assert_eq!(r.order, d.order);
+        assert!(!r.insert(7 * 42, 0));
+        r.expire(50, 0);
+        assert_eq!(r.len(), 49);
+    }
 
     #[test]
     fn remembers_then_forgets() {
