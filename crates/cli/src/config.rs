@@ -23,6 +23,8 @@ pub struct HttpConfig {
     /// Serve the HTTP API while running (`run` only; `demo` always serves).
     pub enabled: bool,
     pub addr: SocketAddr,
+    #[serde(flatten)]
+    pub security: cartpulse_serve::ServeOptions,
 }
 
 impl Default for HttpConfig {
@@ -30,6 +32,7 @@ impl Default for HttpConfig {
         HttpConfig {
             enabled: false,
             addr: "127.0.0.1:8080".parse().expect("valid"),
+            security: Default::default(),
         }
     }
 }

@@ -124,6 +124,9 @@ struct DemoArgs {
     abandon_after: Duration,
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Bearer token for the HTTP API (required when --addr is not loopback).
+    #[arg(long, env = "CARTPULSE_API_TOKEN")]
+    token: Option<String>,
 }
 
 fn main() {
@@ -292,7 +295,10 @@ fn run_config(path: &Path) -> Result<()> {
     }
     let source = build_source(src, app.pipeline.max_record_bytes);
     let sinks = app.sinks.iter().map(build_sink).collect();
-    let http = app.http.enabled.then_some(app.http.addr);
+    let http = app
+        .http
+        .enabled
+        .then(|| (app.http.addr, app.http.security.clone()));
     run_live(Pipeline::new(app.pipeline, source, sinks), http)
 }
 
@@ -327,24 +333,38 @@ fn demo(a: DemoArgs) -> Result<()> {
     );
     let source: Box<dyn Source> = Box::new(GenSource::new(gen, pipeline.max_record_bytes));
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonlDirSink::new(&out))];
-    run_live(Pipeline::new(pipeline, source, sinks), Some(a.addr))
+    let opts = cartpulse_serve::ServeOptions {
+        token: a.token.clone(),
+        ..Default::default()
+    };
+    run_live(Pipeline::new(pipeline, source, sinks), Some((a.addr, opts)))
 }
 
 /// Runs a pipeline with optional HTTP until its input ends or SIGINT/SIGTERM, then stops
 /// gracefully with a final checkpoint.
-fn run_live(p: Pipeline, http: Option<std::net::SocketAddr>) -> Result<()> {
+fn run_live(
+    p: Pipeline,
+    http: Option<(std::net::SocketAddr, cartpulse_serve::ServeOptions)>,
+) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
+    if let Some((addr, opts)) = &http {
+        let mut o = opts.clone();
+        if let Ok(t) = std::env::var("CARTPULSE_API_TOKEN") {
+            o.token = Some(t).filter(|t| !t.is_empty()).or(o.token);
+        }
+        cartpulse_serve::check_exposure(*addr, &o)?;
+    }
     let handle = p.start()?;
     let api = handle.api.clone();
     let stopper = handle.stopper();
     rt.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
-        if let Some(addr) = http {
+        if let Some((addr, opts)) = http {
             let mut rx2 = rx.clone();
-            let server = cartpulse_serve::serve(addr, api, async move {
+            let server = cartpulse_serve::serve(addr, api, opts, async move {
                 let _ = rx2.wait_for(|v| *v).await;
             });
             tokio::spawn(async move {

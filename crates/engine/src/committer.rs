@@ -126,6 +126,13 @@ impl Committer {
     }
 
     pub fn run(mut self, rx: Receiver<ToCommitter>) -> Result<CommitSummary, EngineError> {
+        self.live.inner.lock().expect("live lock").ready = true;
+        let r = self.commit_loop(rx);
+        self.live.inner.lock().expect("live lock").ready = false;
+        r
+    }
+
+    fn commit_loop(&mut self, rx: Receiver<ToCommitter>) -> Result<CommitSummary, EngineError> {
         let mut done = 0;
         while done < self.shards || !self.pending.is_empty() {
             let Ok(msg) = rx.recv() else {
@@ -200,7 +207,7 @@ impl Committer {
                 ToCommitter::Failed(why) => return Err(EngineError::Failed(why)),
             }
         }
-        Ok(self.summary)
+        Ok(self.summary.clone())
     }
 
     fn write(&mut self, epoch: u64, records: &Records) -> Result<(), EngineError> {
@@ -213,6 +220,27 @@ impl Committer {
             counts[s.index()] += n;
             for sink in &mut self.sinks {
                 sink.write(epoch, s, &records.bufs[s.index()], n)?;
+            }
+        }
+        let abandoned = &records.bufs[Stream::AbandonedCarts.index()];
+        if !abandoned.is_empty() {
+            let mut l = self.live.inner.lock().expect("live lock");
+            // only the tail can survive the bound, so parse only the tail
+            for line in abandoned
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .rev()
+                .take(crate::live::RECENT_ABANDONED)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+            {
+                if let Ok(v) = serde_json::from_slice(line) {
+                    l.recent_abandoned.push_back(v);
+                }
+            }
+            while l.recent_abandoned.len() > crate::live::RECENT_ABANDONED {
+                l.recent_abandoned.pop_front();
             }
         }
         Ok(())
@@ -290,6 +318,11 @@ impl Committer {
             };
             let bytes = store.write(&meta, &p.snapshots)?;
             self.metrics.checkpoint_bytes.set(bytes as i64);
+            self.live
+                .inner
+                .lock()
+                .expect("live lock")
+                .last_checkpoint_bytes = Some(bytes);
         }
         for sink in &mut self.sinks {
             sink.commit(id)?;
@@ -319,6 +352,7 @@ impl Committer {
             let mut l = self.live.inner.lock().expect("live lock");
             l.last_checkpoint = Some(id);
             l.last_checkpoint_ms = Some(now);
+            l.last_checkpoint_duration_ms = Some(injected.elapsed().as_secs_f64() * 1e3);
             l.finished = finished;
         }
         let _ = self.acks.send((id, position));

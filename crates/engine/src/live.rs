@@ -71,7 +71,14 @@ pub struct LiveInner {
     pub gauges: Gauges,
     pub last_checkpoint: Option<u64>,
     pub last_checkpoint_ms: Option<i64>,
+    pub last_checkpoint_duration_ms: Option<f64>,
+    pub last_checkpoint_bytes: Option<u64>,
+    /// Latest abandoned-cart records (marketing triggers), newest last (bounded).
+    pub recent_abandoned: std::collections::VecDeque<serde_json::Value>,
     pub finished: bool,
+    /// State restored and the source opened; false again once stopping.
+    pub ready: bool,
 }
 
 pub const RECENT_WINDOWS: usize = 360;
+pub const RECENT_ABANDONED: usize = 50;

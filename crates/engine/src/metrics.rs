@@ -16,6 +16,7 @@ pub struct Metrics {
     pub missing_values: IntCounterVec,
     pub emitted: IntCounterVec,
     pub watermark_ms: IntGauge,
+    pub source_lag: IntGauge,
     pub watermark_lag_ms: IntGauge,
     pub checkpoint_duration: Histogram,
     pub checkpoint_bytes: IntGauge,
@@ -117,6 +118,7 @@ impl Metrics {
                 "cartpulse_watermark_ms",
                 "Current event-time watermark, epoch ms",
             ),
+            source_lag: gauge(&r, "cartpulse_source_lag", "Input waiting upstream (bytes for files, messages for queues), when the source can tell"),
             watermark_lag_ms: gauge(
                 &r,
                 "cartpulse_watermark_lag_ms",

@@ -400,6 +400,9 @@ impl Reader {
                 return Ok(());
             }
             let due = last_barrier.elapsed() >= self.interval;
+            if let Some(lag) = self.source.lag() {
+                self.metrics.source_lag.set(lag as i64);
+            }
             match self
                 .source
                 .poll(self.chunk_bytes)

@@ -1,46 +1,104 @@
-//! HTTP serving of a running pipeline.
+//! HTTP serving of a running pipeline: the built-in dashboard, a JSON API, Prometheus
+//! metrics, and health endpoints.
 //!
-//! Handlers never touch pipeline state directly: carts are asked of the owning shard
-//! through its query channel (on a blocking thread, so the async runtime never waits on a
-//! shard), and global figures come from the committer's published view.
+//! Handlers never touch pipeline state directly: carts and product holds are asked of the
+//! owning shard through its query channel (on a blocking thread, so the async runtime never
+//! waits on a shard), and global figures come from the committer's published view.
+
+mod auth;
+mod stream;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use cartpulse_engine::Api;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::net::SocketAddr;
+
+pub use auth::{check_exposure, AuthError};
+
+/// Security settings of the HTTP surface.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeOptions {
+    /// Bearer token required on every endpoint but `/healthz` and `/readyz`. Required when
+    /// listening on anything but loopback; `CARTPULSE_API_TOKEN` overrides it.
+    pub token: Option<String>,
+    /// Largest request body accepted, bytes.
+    pub max_body_bytes: Option<usize>,
+}
 
 #[derive(Clone)]
 pub struct AppState {
     pub api: Api,
 }
 
-pub fn router(api: Api) -> Router {
-    Router::new()
+const DASHBOARD: &str = include_str!("../assets/index.html");
+
+pub fn router(api: Api, opts: &ServeOptions) -> Router {
+    let protected = Router::new()
+        .route("/", get(|| async { Html(DASHBOARD) }))
         .route("/api/metrics", get(metrics_json))
+        .route("/api/stream", get(stream::sse))
         .route("/api/carts/:user_id", get(cart))
         .route("/api/products/held", get(held))
         .route("/api/windows", get(windows))
         .route("/api/state", get(state_stats))
         .route("/metrics", get(prometheus))
+        .layer(axum::middleware::from_fn_with_state(
+            opts.token.clone(),
+            auth::require_token,
+        ));
+    Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .merge(protected)
+        .layer(axum::extract::DefaultBodyLimit::max(
+            opts.max_body_bytes.unwrap_or(1 << 20),
+        ))
         .with_state(AppState { api })
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves until `shutdown` resolves. Refuses to listen beyond loopback without a token.
 pub async fn serve(
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
     api: Api,
+    mut opts: ServeOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if let Ok(t) = std::env::var("CARTPULSE_API_TOKEN") {
+        if !t.is_empty() {
+            opts.token = Some(t);
+        }
+    }
+    auth::check_exposure(addr, &opts)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "http listening");
-    axum::serve(listener, router(api))
+    tracing::info!(%addr, auth = opts.token.is_some(), "http listening");
+    axum::serve(listener, router(api, &opts))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+async fn readyz(State(st): State<AppState>) -> Response {
+    let l = st.api.live.inner.lock().expect("live lock");
+    if l.ready {
+        Json(json!({"ready": true})).into_response()
+    } else {
+        let why = if l.finished {
+            "the input is fully processed; the pipeline has stopped"
+        } else {
+            "the pipeline is not running (starting, stopping or failed)"
+        };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": why})),
+        )
+            .into_response()
+    }
 }
 
 async fn metrics_json(State(st): State<AppState>) -> Json<serde_json::Value> {
@@ -92,8 +150,16 @@ async fn cart(State(st): State<AppState>, Path(user): Path<String>) -> Response 
             Json(json!({"error": "no cart state for this user"})),
         )
             .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Err(_) => internal(),
     }
+}
+
+fn internal() -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({"error": "internal error"})),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -109,7 +175,7 @@ async fn held(State(st): State<AppState>, Query(q): Query<TopQuery>) -> Response
             "products": v.into_iter().map(|(sku, qty)| json!({"sku": sku, "qty_in_carts": qty})).collect::<Vec<_>>()
         }))
         .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Err(_) => internal(),
     }
 }
 
@@ -117,7 +183,7 @@ async fn state_stats(State(st): State<AppState>) -> Response {
     let api = st.api.clone();
     match tokio::task::spawn_blocking(move || api.shard_stats()).await {
         Ok(v) => Json(json!({ "shards": v })).into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Err(_) => internal(),
     }
 }
 
