@@ -23,8 +23,19 @@ pub struct HttpConfig {
     /// Serve the HTTP API while running (`run` only; `demo` always serves).
     pub enabled: bool,
     pub addr: SocketAddr,
-    #[serde(flatten)]
-    pub security: cartpulse_serve::ServeOptions,
+    /// Bearer token for every endpoint but health; required off loopback.
+    pub token: Option<String>,
+    /// Largest request body accepted, bytes.
+    pub max_body_bytes: Option<usize>,
+}
+
+impl HttpConfig {
+    pub fn serve_options(&self) -> cartpulse_serve::ServeOptions {
+        cartpulse_serve::ServeOptions {
+            token: self.token.clone(),
+            max_body_bytes: self.max_body_bytes,
+        }
+    }
 }
 
 impl Default for HttpConfig {
@@ -32,7 +43,8 @@ impl Default for HttpConfig {
         HttpConfig {
             enabled: false,
             addr: "127.0.0.1:8080".parse().expect("valid"),
-            security: Default::default(),
+            token: None,
+            max_body_bytes: None,
         }
     }
 }
@@ -76,7 +88,7 @@ mod tests {
 [pipeline]
 shards = 2
 out_of_orderness = "5s"
-user_window = { kind = "session", gap = "30m" }
+user_window = { kind = "session", gap = "5m" }
 [pipeline.checkpoint]
 dir = "/tmp/ck"
 interval = "10s"

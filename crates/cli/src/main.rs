@@ -298,7 +298,7 @@ fn run_config(path: &Path) -> Result<()> {
     let http = app
         .http
         .enabled
-        .then(|| (app.http.addr, app.http.security.clone()));
+        .then(|| (app.http.addr, app.http.serve_options()));
     run_live(Pipeline::new(app.pipeline, source, sinks), http)
 }
 

@@ -52,11 +52,21 @@ pub(crate) enum ToCommitter {
     Failed(String),
 }
 
-#[derive(Default)]
 struct PendingCheckpoint {
     barrier: Option<(Value, bool, Instant)>,
     snapshots: Vec<crate::checkpoint::ShardSnapshot>,
     source_max: i64,
+}
+
+impl Default for PendingCheckpoint {
+    fn default() -> Self {
+        PendingCheckpoint {
+            barrier: None,
+            snapshots: Vec::new(),
+            // nothing read yet: no watermark at all
+            source_max: i64::MIN,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default)]

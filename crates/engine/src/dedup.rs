@@ -53,7 +53,7 @@ impl<'de> Deserialize<'de> for Dedup {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let blob: serde_bytes_compat::ByteBuf = Deserialize::deserialize(d)?;
         let blob = blob.0;
-        if blob.len() % 16 != 0 {
+        if !blob.len().is_multiple_of(16) {
             return Err(serde::de::Error::custom(
                 "dedup blob is not a whole number of entries",
             ));

@@ -12,6 +12,7 @@ pub struct Metrics {
     pub events_decoded: IntCounter,
     pub dead_letters: IntCounterVec,
     pub duplicates: IntCounter,
+    pub cart_events: IntCounterVec,
     pub late_events: IntCounter,
     pub missing_values: IntCounterVec,
     pub emitted: IntCounterVec,
@@ -91,6 +92,12 @@ impl Metrics {
                 "Records sent to the dead-letter output, by reason",
                 &["reason"],
             ),
+            cart_events: counter_vec(
+                &r,
+                "cartpulse_cart_events_total",
+                "Deduplicated cart events processed, by action",
+                &["action"],
+            ),
             duplicates: counter(
                 &r,
                 "cartpulse_duplicates_total",
@@ -151,8 +158,8 @@ impl Metrics {
             state_keys: gauge_vec(
                 &r,
                 "cartpulse_state_entries",
-                "Entries in keyed state, by kind",
-                &["kind"],
+                "Entries in keyed state, by kind and shard",
+                &["kind", "shard"],
             ),
             carts: gauge_vec(
                 &r,
@@ -178,6 +185,20 @@ impl Metrics {
         }
         for s in crate::output::Stream::ALL {
             m.emitted.with_label_values(&[s.name()]);
+        }
+        // every labelled series exists from the start, so dashboards and alert rules never
+        // see "no data" for a counter that is simply still zero
+        for a in cartpulse_model::Action::ALL {
+            m.cart_events.with_label_values(&[a.as_str()]);
+        }
+        for f in ["price", "cart_line"] {
+            m.missing_values.with_label_values(&[f]);
+        }
+        for o in ["completed", "failed"] {
+            m.checkpoints.with_label_values(&[o]);
+        }
+        for k in ["active", "items", "value"] {
+            m.carts.with_label_values(&[k]);
         }
         m
     }

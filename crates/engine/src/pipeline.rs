@@ -522,7 +522,10 @@ impl DecoderTask {
                         let kg = key_group(user_hash, self.key_groups);
                         let s = shard_of(kg, self.key_groups, n as u32) as usize;
                         let ts = ev.ts;
-                        let id_hash = xxhash_rust::xxh3::xxh3_64(ev.event_id.as_bytes());
+                        // dedup is by (user, event id): copies of an event carry the same
+                        // user, and another user's event is never dropped for a reused id
+                        let id_hash =
+                            xxhash_rust::xxh3::xxh3_64_with_seed(ev.event_id.as_bytes(), user_hash);
                         subs[s].events.push(Routed {
                             kg,
                             id_hash,

@@ -20,7 +20,8 @@ use crate::window::WindowSpec;
 use cartpulse_model::{Action, CartEvent, DeadLetter, Money};
 use compact_str::CompactString;
 use crossbeam_channel::{Receiver, Sender};
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -95,6 +96,8 @@ impl ShardSettings {
 
 #[derive(Default)]
 struct LocalCounts {
+    /// Deduplicated events by action (business throughput).
+    actions: [u64; 5],
     duplicates: u64,
     late: u64,
     missing_price: u64,
@@ -111,9 +114,9 @@ pub(crate) struct Shard {
     gauges: Gauges,
     out: Records,
     counts: LocalCounts,
-    /// Window entries changed by late events since the last fire pass:
-    /// (key group, window end, window start, user); end `i64::MIN` means a session window.
-    dirty: Vec<(u32, i64, i64, CompactString)>,
+    /// `(due time, key group)`: for every group, an alarm at or before its earliest due
+    /// time (stale duplicates are harmless), so firing visits only groups with work.
+    alarms: BinaryHeap<Reverse<(i64, u32)>>,
     scratch: Vec<(i64, i64)>,
     fresh: Vec<bool>,
     partials: BTreeMap<(i64, i64), GlobalAgg>,
@@ -133,9 +136,13 @@ impl Shard {
     ) -> Shard {
         let mut gauges = Gauges::default();
         let mut groups = groups;
-        for g in &mut groups {
+        let mut alarms = BinaryHeap::new();
+        for (i, g) in groups.iter_mut().enumerate() {
             g.rebuild_timers(set.lateness);
             gauges.add(&g.gauges());
+            if let Some(t) = g.next_due(set.lateness) {
+                alarms.push(Reverse((t, first_group + i as u32)));
+            }
         }
         Shard {
             id,
@@ -147,7 +154,7 @@ impl Shard {
             gauges,
             out: Records::default(),
             counts: LocalCounts::default(),
-            dirty: Vec::new(),
+            alarms,
             scratch: Vec::new(),
             fresh: Vec::new(),
             partials: BTreeMap::new(),
@@ -193,6 +200,13 @@ impl Shard {
         fresh.clear();
         for r in &sub.events {
             let st = &mut self.groups[(r.kg - self.first_group) as usize];
+            // expiring against this event's own watermark keeps the decision a function of
+            // the input order alone
+            let wm_e = self
+                .source_max
+                .max(r.max_before)
+                .saturating_sub(self.set.bound);
+            st.dedup.expire(wm_e, self.set.horizon);
             fresh.push(st.dedup.insert(r.id_hash, r.ev.ts));
         }
         for (r, &new) in sub.events.iter().zip(&fresh) {
@@ -213,9 +227,9 @@ impl Shard {
         }
         self.source_max = self.source_max.max(sub.chunk_max);
         match sub.end {
-            ChunkEnd::Flush => self.advance(i64::MAX),
+            ChunkEnd::Flush => self.advance(i64::MAX, true),
             ChunkEnd::Stop => {}
-            ChunkEnd::No => self.advance(self.source_max.saturating_sub(self.set.bound)),
+            ChunkEnd::No => self.advance(self.source_max.saturating_sub(self.set.bound), true),
         }
         self.flush_counts();
         if !self.out.is_empty() {
@@ -252,6 +266,22 @@ impl Shard {
         Ok(())
     }
 
+    fn report_state_size(&self) {
+        let (mut carts, mut dedup, mut windows) = (0usize, 0usize, 0usize);
+        for g in &self.groups {
+            carts += g.users.len();
+            dedup += g.dedup.len();
+            windows += g.windows.values().map(|b| b.users.len()).sum::<usize>() + g.sessions.len();
+        }
+        let shard = self.id.to_string();
+        let m = &self.metrics.state_keys;
+        m.with_label_values(&["carts", &shard]).set(carts as i64);
+        m.with_label_values(&["dedup_ids", &shard])
+            .set(dedup as i64);
+        m.with_label_values(&["window_entries", &shard])
+            .set(windows as i64);
+    }
+
     fn record_latency(&self, events: &[Routed]) {
         let now_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -268,6 +298,15 @@ impl Shard {
 
     fn flush_counts(&mut self) {
         let c = std::mem::take(&mut self.counts);
+        for a in cartpulse_model::Action::ALL {
+            let n = c.actions[a.index()];
+            if n > 0 {
+                self.metrics
+                    .cart_events
+                    .with_label_values(&[a.as_str()])
+                    .inc_by(n);
+            }
+        }
         if c.duplicates > 0 {
             self.metrics.duplicates.inc_by(c.duplicates);
         }
@@ -289,9 +328,24 @@ impl Shard {
     }
 
     fn event(&mut self, r: &Routed) {
+        let wm_e = self
+            .source_max
+            .max(r.max_before)
+            .saturating_sub(self.set.bound);
+        if wm_e > self.wm {
+            // Fire what is due *before* applying the event, exactly where the watermark
+            // passed it in the input: results then do not depend on how the input was cut
+            // into chunks, nor on the shard count.
+            let crossed = self.crosses_global(self.wm, wm_e);
+            if crossed || self.alarms.peek().is_some_and(|a| a.0 .0 <= wm_e) {
+                self.advance(wm_e, crossed);
+            } else {
+                self.wm = wm_e;
+            }
+        }
         let set = &self.set;
-        let wm_e = self.source_max.max(r.max_before).saturating_sub(set.bound);
         let ev = &r.ev;
+        self.counts.actions[ev.action.index()] += 1;
         let kg = r.kg;
         let gi = (kg - self.first_group) as usize;
         let st = &mut self.groups[gi];
@@ -308,7 +362,24 @@ impl Shard {
         let user = match users.get_mut(ev.user_id.as_str()) {
             Some(u) => Some(u),
             None if matches!(ev.action, Action::Add | Action::UpdateQty) => {
-                Some(users.entry(ev.user_id.clone()).or_default())
+                // the user may have been active (say, viewing) later than this add's event
+                // time: open windows remember when
+                let mut seen = ev.ts;
+                for b in windows.values() {
+                    if let Some(w) = b.users.get(ev.user_id.as_str()) {
+                        seen = seen.max(w.last_ts);
+                    }
+                }
+                if let (WindowSpec::Session { gap }, Some(ws)) =
+                    (&set.user_window, sessions.get(ev.user_id.as_str()))
+                {
+                    for w in ws {
+                        seen = seen.max(w.end - gap.as_millis() as i64);
+                    }
+                }
+                let u = users.entry(ev.user_id.clone()).or_default();
+                u.last_ts = seen;
+                Some(u)
             }
             None => None,
         };
@@ -383,16 +454,25 @@ impl Shard {
                     w.fired |= o.fired;
                 }
                 if w.fired {
-                    w.dirty = true;
-                    self.dirty
-                        .push((kg, i64::MIN, i64::MIN, ev.user_id.clone()));
+                    // a late event changed a fired session: re-emit it now, once per event
+                    output::user_window(
+                        self.out.begin(Stream::UserWindows),
+                        &ev.user_id,
+                        w.start,
+                        w.end,
+                        &w.agg,
+                        true,
+                    );
                 }
-                timers.entry(w.end).or_default().push(ev.user_id.clone());
+                add_timer(timers, &mut self.alarms, kg, w.end, &ev.user_id);
                 if set.lateness > 0 {
-                    timers
-                        .entry(w.end + set.lateness)
-                        .or_default()
-                        .push(ev.user_id.clone());
+                    add_timer(
+                        timers,
+                        &mut self.alarms,
+                        kg,
+                        w.end + set.lateness,
+                        &ev.user_id,
+                    );
                 }
                 ws.push(w);
             } else {
@@ -403,30 +483,37 @@ impl Shard {
                     if e + set.lateness <= wm_e {
                         continue;
                     }
+                    if windows.first_key_value().is_none_or(|(k, _)| k.0 > e) {
+                        self.alarms.push(Reverse((e, kg)));
+                    }
                     let b = windows.entry((e, s)).or_default();
                     let fired = b.fired;
-                    match b.users.get_mut(ev.user_id.as_str()) {
+                    let w = match b.users.get_mut(ev.user_id.as_str()) {
                         Some(w) => {
                             w.agg.merge(&delta);
-                            if fired && !w.dirty {
-                                w.dirty = true;
-                                self.dirty.push((kg, e, s, ev.user_id.clone()));
-                            }
+                            w.last_ts = w.last_ts.max(ev.ts);
+                            w
                         }
                         None => {
                             created.push((s, e));
-                            b.users.insert(
-                                ev.user_id.clone(),
-                                WindowEntry {
-                                    agg: delta.clone(),
-                                    emitted: false,
-                                    dirty: fired,
-                                },
-                            );
-                            if fired {
-                                self.dirty.push((kg, e, s, ev.user_id.clone()));
-                            }
+                            b.users.entry(ev.user_id.clone()).or_insert(WindowEntry {
+                                agg: delta.clone(),
+                                last_ts: ev.ts,
+                            })
                         }
+                    };
+                    if fired {
+                        // a late event within the allowed lateness: emit the window again
+                        // now, once per event, as a window operator re-fires per element
+                        let update = !created.contains(&(s, e));
+                        output::user_window(
+                            self.out.begin(Stream::UserWindows),
+                            &ev.user_id,
+                            s,
+                            e,
+                            &w.agg,
+                            update,
+                        );
                     }
                 }
             }
@@ -443,6 +530,10 @@ impl Shard {
             for &(s, e) in self.scratch.iter() {
                 if e + set.lateness <= wm_e {
                     continue;
+                }
+                if global.first_key_value().is_none_or(|(_, g)| g.end > e) {
+                    self.alarms
+                        .push(Reverse((e.saturating_add(set.lateness), kg)));
                 }
                 let g = global.entry(s).or_insert_with(|| GlobalEntry {
                     end: e,
@@ -573,27 +664,49 @@ impl Shard {
             let at = user.last_ts.saturating_add(set.abandon_after);
             if user.abandon_timer.is_none() {
                 user.abandon_timer = Some(at);
-                timers.entry(at).or_default().push(ev.user_id.clone());
+                add_timer(timers, &mut self.alarms, kg, at, &ev.user_id);
             }
             user.abandon_at = Some(at);
         }
     }
 
-    /// Moves the watermark: fires windows and timers (sessions, abandoned carts), closes
-    /// global windows, expires dedup entries, and reports to the committer.
-    fn advance(&mut self, wm: i64) {
+    /// Whether a global window's hand-over time lies in `(from, to]`: the committer needs
+    /// this shard's carts-now figures as of that point of the input.
+    fn crosses_global(&self, from: i64, to: i64) -> bool {
+        let (size, slide) = match self.set.global_window {
+            WindowSpec::Tumbling { size } => (size, size),
+            WindowSpec::Sliding { size, slide } => (size, slide),
+            WindowSpec::Session { .. } => return false,
+        };
+        let (size, slide) = (size.as_millis() as i64, slide.as_millis() as i64);
+        let k = |w: i64| {
+            w.saturating_sub(size)
+                .saturating_sub(self.set.lateness)
+                .div_euclid(slide)
+        };
+        k(to) > k(from)
+    }
+
+    /// Moves the watermark to `wm`: fires due windows and timers (sessions, abandoned
+    /// carts), hands closed global windows to the committer, and reports the watermark with
+    /// the carts-now figures when `report` is set.
+    fn advance(&mut self, wm: i64, report: bool) {
         if wm < self.wm {
             return;
         }
         let moved = wm > self.wm;
         self.wm = wm;
         let set = &self.set;
-        for st in self.groups.iter_mut() {
-            st.dedup.expire(wm, set.horizon);
+        while let Some(&Reverse((t, kg))) = self.alarms.peek() {
+            if t > wm {
+                break;
+            }
+            self.alarms.pop();
+            let st = &mut self.groups[(kg - self.first_group) as usize];
             let mut closed = Vec::new();
             for (&(e, s), b) in st.windows.range_mut(..=(wm, i64::MAX)) {
                 if !b.fired {
-                    for (u, w) in b.users.iter_mut() {
+                    for (u, w) in b.users.iter() {
                         output::user_window(
                             self.out.begin(Stream::UserWindows),
                             u,
@@ -602,8 +715,6 @@ impl Shard {
                             &w.agg,
                             false,
                         );
-                        w.emitted = true;
-                        w.dirty = false;
                     }
                     b.fired = true;
                 }
@@ -619,7 +730,7 @@ impl Shard {
                     break;
                 }
                 for u in entry.remove() {
-                    fire_user(st, &u, wm, set, &mut self.out);
+                    fire_user(st, &u, wm, set, &mut self.out, &mut self.alarms, kg);
                 }
             }
             while let Some((_, g)) = st.global.first_key_value() {
@@ -632,42 +743,16 @@ impl Shard {
                     .or_default()
                     .merge(&g.agg);
             }
-        }
-        for (kg, e, s, u) in std::mem::take(&mut self.dirty) {
-            let st = &mut self.groups[(kg - self.first_group) as usize];
-            if e == i64::MIN {
-                fire_user(st, &u, wm, set, &mut self.out);
-            } else if let Some(w) = st
-                .windows
-                .get_mut(&(e, s))
-                .and_then(|b| b.users.get_mut(u.as_str()))
-            {
-                if w.dirty && e <= wm {
-                    output::user_window(
-                        self.out.begin(Stream::UserWindows),
-                        &u,
-                        s,
-                        e,
-                        &w.agg,
-                        w.emitted,
-                    );
-                    w.emitted = true;
-                    w.dirty = false;
-                }
+            st.dedup.expire(wm, set.horizon);
+            if let Some(next) = st.next_due(set.lateness) {
+                self.alarms.push(Reverse((next, kg)));
             }
-        }
-        if !self.out.is_empty() {
-            // window records must precede the global partials of the same pass in the epoch
-            let recs = std::mem::take(&mut self.out);
-            let _ = self.tx.send(ToCommitter::Records {
-                shard: self.id,
-                records: recs,
-            });
         }
         for ((start, end), agg) in std::mem::take(&mut self.partials) {
             let _ = self.tx.send(ToCommitter::Partial { start, end, agg });
         }
-        if moved {
+        if moved && report {
+            self.report_state_size();
             let _ = self.tx.send(ToCommitter::Watermark {
                 shard: self.id,
                 wm,
@@ -751,6 +836,20 @@ fn is_late(spec: &WindowSpec, ts: i64, lateness: i64, wm: i64) -> bool {
     last_end.saturating_add(lateness) <= wm
 }
 
+/// Adds a timer, raising an alarm when it is the group's new earliest.
+fn add_timer(
+    timers: &mut BTreeMap<i64, Vec<CompactString>>,
+    alarms: &mut BinaryHeap<Reverse<(i64, u32)>>,
+    kg: u32,
+    at: i64,
+    user: &CompactString,
+) {
+    if timers.first_key_value().is_none_or(|(&t, _)| at < t) {
+        alarms.push(Reverse((at, kg)));
+    }
+    timers.entry(at).or_default().push(user.clone());
+}
+
 /// Session windows and the abandonment timer of one user.
 fn fire_user(
     st: &mut KeyGroupState,
@@ -758,20 +857,21 @@ fn fire_user(
     wm: i64,
     set: &ShardSettings,
     out: &mut Records,
+    alarms: &mut BinaryHeap<Reverse<(i64, u32)>>,
+    kg: u32,
 ) {
     if let Some(ws) = st.sessions.get_mut(user.as_str()) {
         for w in ws.iter_mut() {
-            if w.end <= wm && (!w.fired || w.dirty) {
+            if w.end <= wm && !w.fired {
                 output::user_window(
                     out.begin(Stream::UserWindows),
                     user,
                     w.start,
                     w.end,
                     &w.agg,
-                    w.fired,
+                    false,
                 );
                 w.fired = true;
-                w.dirty = false;
             }
         }
         let lateness = set.lateness;
@@ -803,7 +903,7 @@ fn fire_user(
         // the deadline moved on since the timer was set: follow it
         Some(at) if u.abandon_timer.is_none() => {
             u.abandon_timer = Some(at);
-            st.timers.entry(at).or_default().push(user.clone());
+            add_timer(&mut st.timers, alarms, kg, at, user);
         }
         _ => {}
     }

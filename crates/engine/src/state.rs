@@ -97,9 +97,9 @@ impl UserState {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WindowEntry {
     pub agg: UserAgg,
-    pub emitted: bool,
-    /// Changed by a late event after the window fired: to be (re-)emitted.
-    pub dirty: bool,
+    /// Latest event time of this user in the window: a cart created by an out-of-order
+    /// add still knows the user was active later.
+    pub last_ts: i64,
 }
 
 /// All users' aggregates of one fixed (tumbling or sliding) window in one key group.
@@ -238,6 +238,28 @@ impl KeyGroupState {
             + self.holds.capacity() * (size_of::<(CompactString, i64)>() + 1)
             + self.global.len() * size_of::<GlobalEntry>();
         (carts, other)
+    }
+
+    /// Earliest event time at which something in this group is due: a window to fire or
+    /// close, a timer, a global window to hand over.
+    pub fn next_due(&self, lateness: i64) -> Option<i64> {
+        let bucket = self
+            .windows
+            .iter()
+            .map(|(&(e, _), b)| {
+                if b.fired {
+                    e.saturating_add(lateness)
+                } else {
+                    e
+                }
+            })
+            .min();
+        let timer = self.timers.first_key_value().map(|(&t, _)| t);
+        let global = self
+            .global
+            .first_key_value()
+            .map(|(_, g)| g.end.saturating_add(lateness));
+        [bucket, timer, global].into_iter().flatten().min()
     }
 
     pub fn gauges(&self) -> Gauges {

@@ -10,7 +10,10 @@
 //! 3. results do not depend on the shard count, nor on how the input is cut into chunks;
 //! 4. events pushed beyond the bound are exactly the brute-force late set, appear in
 //!    late_events and nowhere else;
-//! plus graceful stop / resume from a checkpoint, and idle handling with a manual clock.
+//! 5. with allowed lateness, updated windows are re-emitted and end with every event.
+//!
+//! Plus graceful stop / resume from a checkpoint, idle handling with a manual clock, and
+//! small deterministic reproductions of the failures found.
 
 use cartpulse_engine::clock::ManualClock;
 use cartpulse_engine::{
@@ -32,8 +35,10 @@ const W: i64 = 10_000;
 // ---------------------------------------------------------------------------------------
 // test source and sink
 
-/// Serves `data` (JSON lines) from memory. Chunk `i` is about `cuts[i % cuts.len()]` bytes,
-/// extended to the end of the line it falls in (a chunk always ends at a line boundary).
+/// Serves `data` (JSON lines) from memory. A chunk starting at byte `pos` is about
+/// `cuts[hash(pos) % cuts.len()]` bytes (a cut of 0 means what the engine asks for, i.e.
+/// `chunk_bytes`), extended to the end of the line it falls in (a chunk always ends at a
+/// line boundary).
 struct VecSource {
     data: Arc<Vec<u8>>,
     cuts: Vec<usize>,
@@ -42,11 +47,13 @@ struct VecSource {
     /// Stop handing out data after this many chunks (then `Idle` forever), if set.
     pause_after: Option<usize>,
     progress: Arc<AtomicUsize>,
+    /// Explicit chunk ends (byte offsets), overriding `cuts` when not empty.
+    bounds: Vec<usize>,
 }
 
 impl VecSource {
     fn new(data: Arc<Vec<u8>>, cuts: Vec<usize>) -> VecSource {
-        assert!(!cuts.is_empty() && cuts.iter().all(|&c| c > 0));
+        assert!(!cuts.is_empty());
         VecSource {
             data,
             cuts,
@@ -54,7 +61,24 @@ impl VecSource {
             served: 0,
             pause_after: None,
             progress: Arc::new(AtomicUsize::new(0)),
+            bounds: Vec::new(),
         }
+    }
+
+    /// Serves exactly these chunks, one group of lines each.
+    fn chunks(groups: &[&[String]]) -> VecSource {
+        let mut data = Vec::new();
+        let mut bounds = Vec::new();
+        for g in groups {
+            for l in g.iter() {
+                data.extend_from_slice(l.as_bytes());
+                data.push(b'\n');
+            }
+            bounds.push(data.len());
+        }
+        let mut s = VecSource::new(Arc::new(data), vec![1]);
+        s.bounds = bounds;
+        s
     }
 }
 
@@ -75,7 +99,7 @@ impl Source for VecSource {
         Decoder::Json(DecodeOptions::default())
     }
 
-    fn poll(&mut self, _max_bytes: usize) -> Result<Poll, SourceError> {
+    fn poll(&mut self, max_bytes: usize) -> Result<Poll, SourceError> {
         if self.pause_after.is_some_and(|n| self.served >= n) {
             std::thread::sleep(Duration::from_millis(1));
             return Ok(Poll::Idle);
@@ -83,8 +107,16 @@ impl Source for VecSource {
         if self.pos >= self.data.len() {
             return Ok(Poll::End);
         }
-        let want = self.cuts[self.served % self.cuts.len()];
+        // a function of the position, so a restarted source cuts the rest the same way
+        let h = (self.pos as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        let want = match self.cuts[(h % self.cuts.len() as u64) as usize] {
+            0 => max_bytes.max(1), // as the engine asks (`chunk_bytes`)
+            n => n,
+        };
         let mut end = (self.pos + want).min(self.data.len());
+        if let Some(&b) = self.bounds.iter().find(|&&b| b > self.pos) {
+            end = b;
+        }
         // extend to the end of the line holding byte end-1
         match self.data[end - 1..].iter().position(|&b| b == b'\n') {
             Some(i) => end = end - 1 + i + 1,
@@ -231,7 +263,10 @@ fn to_bytes(lines: &[String]) -> Arc<Vec<u8>> {
 fn events(max_len: usize, exact_qty: bool) -> impl Strategy<Value = Vec<Ev>> {
     proptest::collection::vec(
         (
-            0i64..1_200,
+            // times on a 250 ms grid (so watermarks often land exactly on window ends),
+            // some nudged off it by a few ms
+            0i64..=5,
+            prop_oneof![3 => Just(0i64), 1 => 1i64..250],
             0u8..6,
             prop_oneof![3 => Just(0u8), 4 => Just(1u8), 2 => Just(2u8), 1 => Just(3u8), 1 => Just(4u8)],
             0u8..4,
@@ -242,19 +277,21 @@ fn events(max_len: usize, exact_qty: bool) -> impl Strategy<Value = Vec<Ev>> {
         1..max_len,
     )
     .prop_map(move |v| {
-        let mut ts = T0 + 7_777;
+        let mut base = T0 + 7_000;
         v.into_iter()
             .enumerate()
-            .map(|(i, (gap, user, action, sku, qty, has_qty, cents))| {
-                ts += gap;
+            .map(|(i, (steps, jitter, user, action, sku, qty, has_qty, cents))| {
+                base += steps * 250;
                 let qty = match action {
                     1 | 3 => Some(qty),
+                    // a remove without quantity empties the line
                     2 if exact_qty || has_qty => Some(qty),
+                    2 => None,
                     _ => Some(1),
                 };
                 Ev {
                     id: format!("e{i}"),
-                    ts,
+                    ts: base + jitter,
                     user,
                     action,
                     sku,
@@ -283,7 +320,8 @@ fn config(shards: usize) -> PipelineConfig {
 
 type Out = BTreeMap<&'static str, Vec<String>>;
 
-fn run_with(cfg: PipelineConfig, source: VecSource) -> Out {
+/// Runs to the end; returns the committed lines per stream in commit order.
+fn run_raw(cfg: PipelineConfig, source: VecSource) -> Out {
     let committed: Committed = Default::default();
     let sink = MemSink {
         committed: committed.clone(),
@@ -295,13 +333,33 @@ fn run_with(cfg: PipelineConfig, source: VecSource) -> Out {
     assert!(summary.commit.finished, "run did not finish");
     let mut out = std::mem::take(&mut *committed.lock().unwrap());
     for s in Stream::ALL {
-        out.entry(s.name()).or_default().sort();
+        out.entry(s.name()).or_default();
+    }
+    out
+}
+
+/// Runs to the end; returns the committed lines per stream, sorted.
+fn run_with(cfg: PipelineConfig, source: VecSource) -> Out {
+    let mut out = run_raw(cfg, source);
+    for v in out.values_mut() {
+        v.sort();
     }
     out
 }
 
 fn run(lines: &[String], shards: usize, cuts: Vec<usize>) -> Out {
     run_with(config(shards), VecSource::new(to_bytes(lines), cuts))
+}
+
+/// Arrival order when event `i` is delayed by `delays[i]` (ties keep event order).
+fn disorder(evs: &[Ev], delays: &[i64]) -> Vec<String> {
+    let mut keyed: Vec<(i64, usize)> = evs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.ts + delays[i], i))
+        .collect();
+    keyed.sort();
+    keyed.iter().map(|&(_, i)| evs[i].line()).collect()
 }
 
 fn lines_of(evs: &[Ev]) -> Vec<String> {
@@ -345,6 +403,16 @@ fn count_events(out: &Out, stream: &str) -> i64 {
 /// event counts of the rest, duplicates).
 #[allow(clippy::type_complexity)]
 fn brute_force(lines: &[String]) -> (BTreeMap<String, i64>, BTreeMap<(String, i64), i64>, usize) {
+    brute_force_lateness(lines, 0)
+}
+
+/// As `brute_force`, with windows accepting events until the watermark passes
+/// `end + lateness`.
+#[allow(clippy::type_complexity)]
+fn brute_force_lateness(
+    lines: &[String],
+    lateness: i64,
+) -> (BTreeMap<String, i64>, BTreeMap<(String, i64), i64>, usize) {
     let mut max: Option<i64> = None;
     let mut seen = HashSet::new();
     let mut late = BTreeMap::new();
@@ -364,7 +432,7 @@ fn brute_force(lines: &[String]) -> (BTreeMap<String, i64>, BTreeMap<(String, i6
         }
         let start = ts.div_euclid(W) * W;
         match wm {
-            Some(w) if start + W <= w => {
+            Some(w) if start + W + lateness <= w => {
                 late.insert(id, w);
             }
             _ => {
@@ -422,10 +490,7 @@ proptest! {
         cuts in cuts_strategy(),
     ) {
         let sorted = lines_of(&evs);
-        let mut keyed: Vec<(i64, usize, &Ev)> =
-            evs.iter().enumerate().map(|(i, e)| (e.ts + delays[i], i, e)).collect();
-        keyed.sort();
-        let shuffled: Vec<String> = keyed.iter().map(|(_, _, e)| e.line()).collect();
+        let shuffled = disorder(&evs, &delays);
         let (late, _, _) = brute_force(&shuffled);
         prop_assert!(late.is_empty(), "the permutation made events late: {late:?}");
 
@@ -449,10 +514,7 @@ proptest! {
         shards in 1usize..=3,
         cuts in cuts_strategy(),
     ) {
-        let mut keyed: Vec<(i64, usize, &Ev)> =
-            evs.iter().enumerate().map(|(i, e)| (e.ts + delays[i], i, e)).collect();
-        keyed.sort();
-        let base: Vec<String> = keyed.iter().map(|(_, _, e)| e.line()).collect();
+        let base = disorder(&evs, &delays);
         // insert copies of line i at position i + d (they arrive later)
         let mut inserts: Vec<(usize, String)> = dup_at
             .iter()
@@ -495,10 +557,7 @@ proptest! {
         cuts in cuts_strategy(),
         chunk_bytes in 1024usize..100_000,
     ) {
-        let mut keyed: Vec<(i64, usize, &Ev)> =
-            evs.iter().enumerate().map(|(i, e)| (e.ts + delays[i], i, e)).collect();
-        keyed.sort();
-        let mut lines: Vec<String> = keyed.iter().map(|(_, _, e)| e.line()).collect();
+        let mut lines = disorder(&evs, &delays);
         for g in &garbage {
             let i = g.index(lines.len() + 1);
             lines.insert(i, r#"{"event_id":"bad","ts":1,"action":"view"}"#.to_string());
@@ -507,7 +566,8 @@ proptest! {
         let mut outs = Vec::new();
         for shards in 1..=3 {
             let cfg = PipelineConfig { chunk_bytes, ..config(shards) };
-            outs.push(run_with(cfg, VecSource::new(data.clone(), cuts.clone())));
+            let cuts = if chunk_bytes % 2 == 0 { vec![0] } else { cuts.clone() };
+            outs.push(run_with(cfg, VecSource::new(data.clone(), cuts)));
         }
         prop_assert_eq!(outs[0]["dead_letter"].len(), garbage.len());
         for s in Stream::ALL {
@@ -527,11 +587,9 @@ proptest! {
         cuts_b in cuts_strategy(),
         shards_a in 1usize..=3,
         shards_b in 1usize..=3,
+        chunk_bytes in 1024usize..20_000,
     ) {
-        let mut keyed: Vec<(i64, usize, &Ev)> =
-            evs.iter().enumerate().map(|(i, e)| (e.ts + delays[i], i, e)).collect();
-        keyed.sort();
-        let mut lines: Vec<String> = keyed.iter().map(|(_, _, e)| e.line()).collect();
+        let mut lines = disorder(&evs, &delays);
         for g in &garbage {
             let i = g.index(lines.len() + 1);
             lines.insert(i, "{not json".to_string());
@@ -539,7 +597,11 @@ proptest! {
         let a = run(&lines, shards_a, cuts_a);
         let b = run(&lines, shards_b, cuts_b);
         let whole = run(&lines, 1, vec![usize::MAX / 2]);
-        for (x, name) in [(&b, "cuts_b"), (&whole, "one chunk")] {
+        let by_config = run_with(
+            PipelineConfig { chunk_bytes, ..config(shards_b) },
+            VecSource::new(to_bytes(&lines), vec![0]),
+        );
+        for (x, name) in [(&b, "cuts_b"), (&whole, "one chunk"), (&by_config, "chunk_bytes")] {
             prop_assert_eq!(&a["user_windows"], &x["user_windows"], "{}", name);
             prop_assert_eq!(&a["late_events"], &x["late_events"], "{}", name);
             prop_assert_eq!(&a["dead_letter"], &x["dead_letter"], "{}", name);
@@ -554,15 +616,27 @@ proptest! {
     fn late_events_match_brute_force(
         evs in events(250, false),
         moves in proptest::collection::vec((any::<prop::sample::Index>(), 1usize..120), 1..25),
+        grid_delays in proptest::collection::vec(
+            prop_oneof![4 => Just(0i64), 1 => (0i64..=80).prop_map(|k| k * 250)],
+            250,
+        ),
+        by_delay in any::<bool>(),
         shards in 1usize..=3,
         cuts in cuts_strategy(),
     ) {
-        let mut lines = lines_of(&evs);
-        for (ix, d) in &moves {
-            let i = ix.index(lines.len());
-            let l = lines.remove(i);
-            lines.insert((i + d).min(lines.len()), l);
-        }
+        // either move some lines far down, or delay events on the 250 ms grid (which often
+        // puts the watermark exactly on a window end when a delayed event arrives)
+        let lines = if by_delay {
+            disorder(&evs, &grid_delays)
+        } else {
+            let mut lines = lines_of(&evs);
+            for (ix, d) in &moves {
+                let i = ix.index(lines.len());
+                let l = lines.remove(i);
+                lines.insert((i + d).min(lines.len()), l);
+            }
+            lines
+        };
         let (late, counts, dups) = brute_force(&lines);
         prop_assert_eq!(dups, 0);
         let out = run(&lines, shards, cuts);
@@ -588,6 +662,78 @@ proptest! {
 proptest! {
     #![proptest_config(pt_config(24))]
 
+    /// (5) With allowed lateness L, an event is late only once the watermark has passed its
+    /// window's end + L; an event for an already emitted window re-emits it, flagged
+    /// `"update":true`, and the last record of every user window holds all its events.
+    /// Global windows are emitted once, when they close.
+    #[test]
+    fn allowed_lateness_reemits_updated_windows(
+        evs in events(250, false),
+        moves in proptest::collection::vec((any::<prop::sample::Index>(), 1usize..80), 1..25),
+        lateness_ms in 1i64..20_000,
+        shards in 1usize..=3,
+        cuts in cuts_strategy(),
+    ) {
+        let mut lines = lines_of(&evs);
+        for (ix, d) in &moves {
+            let i = ix.index(lines.len());
+            let l = lines.remove(i);
+            lines.insert((i + d).min(lines.len()), l);
+        }
+        let (late, counts, _) = brute_force_lateness(&lines, lateness_ms);
+        let cfg = PipelineConfig {
+            allowed_lateness: Duration::from_millis(lateness_ms as u64),
+            ..config(shards)
+        };
+        let out = run_raw(cfg, VecSource::new(to_bytes(&lines), cuts));
+
+        let mut got: BTreeMap<String, i64> = BTreeMap::new();
+        for l in &out["late_events"] {
+            let v: Value = serde_json::from_str(l).unwrap();
+            got.insert(v["event"]["event_id"].as_str().unwrap().to_string(), v["watermark"].as_i64().unwrap());
+        }
+        prop_assert_eq!(&got, &late);
+
+        // per user window, in commit order: one first emission, then updates
+        let mut last: BTreeMap<(String, i64), (i64, usize)> = BTreeMap::new();
+        for l in &out["user_windows"] {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let k = (v["user_id"].as_str().unwrap().to_string(), v["window_start"].as_i64().unwrap());
+            let update = v.get("update").is_some();
+            if update {
+                prop_assert_eq!(&v["update"], &Value::Bool(true));
+            }
+            let events = v["events"].as_i64().unwrap();
+            match last.get_mut(&k) {
+                None => {
+                    prop_assert!(!update, "first record of {:?} is flagged as an update: {}", k, l);
+                    last.insert(k, (events, 1));
+                }
+                Some(e) => {
+                    prop_assert!(update, "second record of {:?} is not flagged as an update: {}", k, l);
+                    prop_assert!(events > e.0, "an update of {:?} without new events: {}", k, l);
+                    *e = (events, e.1 + 1);
+                }
+            }
+        }
+        let finals: BTreeMap<(String, i64), i64> = last.iter().map(|(k, v)| (k.clone(), v.0)).collect();
+        prop_assert_eq!(finals, counts.clone());
+
+        // global windows: once each, with every non-late event
+        let mut per_window: BTreeMap<i64, i64> = BTreeMap::new();
+        for ((_, start), c) in &counts {
+            *per_window.entry(*start).or_default() += c;
+        }
+        let mut g: BTreeMap<i64, i64> = BTreeMap::new();
+        for l in &out["global_windows"] {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let start = v["window_start"].as_i64().unwrap();
+            prop_assert!(g.insert(start, v["events"].as_i64().unwrap()).is_none(), "global window twice: {}", l);
+        }
+        prop_assert_eq!(g, per_window);
+    }
+
+
     /// (3c) The cart figures — gauges in global windows, and abandoned carts — do not depend
     /// on how the input is cut into chunks either (they are output, so a replay of the same
     /// file with another `chunk_bytes`, or a live source delivering other batches, must
@@ -601,10 +747,7 @@ proptest! {
         cuts in cuts_strategy(),
         shards in 1usize..=3,
     ) {
-        let mut keyed: Vec<(i64, usize, &Ev)> =
-            evs.iter().enumerate().map(|(i, e)| (e.ts + delays[i], i, e)).collect();
-        keyed.sort();
-        let lines: Vec<String> = keyed.iter().map(|(_, _, e)| e.line()).collect();
+        let lines = disorder(&evs, &delays);
         let per_line = run(&lines, shards, vec![1]);
         let cut = run(&lines, shards, cuts);
         prop_assert_eq!(&per_line["abandoned_carts"], &cut["abandoned_carts"]);
@@ -629,13 +772,7 @@ fn stop_and_resume_equals_uninterrupted() {
         .run(
             &strat,
             |(evs, delays, shards_a, shards_b, cuts, stop_ix)| {
-                let mut keyed: Vec<(i64, usize, &Ev)> = evs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| (e.ts + delays[i], i, e))
-                    .collect();
-                keyed.sort();
-                let lines: Vec<String> = keyed.iter().map(|(_, _, e)| e.line()).collect();
+                let lines = disorder(&evs, &delays);
                 let data = to_bytes(&lines);
                 let reference =
                     run_with(config(shards_a), VecSource::new(data.clone(), cuts.clone()));
@@ -887,4 +1024,155 @@ fn without_idle_timeout_the_clock_is_ignored() {
     let c = committed.lock().unwrap();
     assert_eq!(c["abandoned_carts"].len(), 1);
     assert_eq!(c["user_windows"].len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// minimal, deterministic reproductions of (3c)
+
+fn add_line(id: &str, ts: i64, user: &str) -> String {
+    format!(
+        r#"{{"event_id":"{id}","ts":{ts},"user_id":"{user}","action":"add","sku":"p1","qty":1,"price":1}}"#
+    )
+}
+
+fn view_line(id: &str, ts: i64, user: &str) -> String {
+    format!(
+        r#"{{"event_id":"{id}","ts":{ts},"user_id":"{user}","action":"view","sku":"p1","qty":1,"price":1}}"#
+    )
+}
+
+/// The watermark passes the end of window [T, T+10s) with the second line; the third line
+/// adds a second cart. Whether the window's `active_carts` is 1 or 2 must not depend on
+/// whether lines 2 and 3 arrive in the same chunk.
+///
+/// ENGINE BUG CHECK: see the final report ("cart figures depend on chunk boundaries").
+#[test]
+fn window_cart_gauges_do_not_depend_on_chunk_boundaries() {
+    let t = T0;
+    let lines = vec![
+        add_line("a", t, "u1"),
+        view_line("b", t + W + B, "u2"),
+        add_line("c", t + W + B + 1, "u3"),
+    ];
+    let per_line = run(&lines, 1, vec![1]);
+    let one_chunk = run(&lines, 1, vec![1 << 20]);
+    let first = |o: &Out| -> Value {
+        let v: Vec<Value> = o["global_windows"]
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|v: &Value| v["window_start"] == t)
+            .collect();
+        assert_eq!(v.len(), 1);
+        v[0].clone()
+    };
+    assert_eq!(first(&per_line)["events"], 1);
+    assert_eq!(
+        first(&per_line)["active_carts"],
+        first(&one_chunk)["active_carts"],
+        "window [T, T+10s): active_carts with one line per chunk vs all lines in one chunk"
+    );
+}
+
+/// u1's cart is due at T+20s (abandon_after 20 s); line 2 moves the watermark past that,
+/// line 3 is u1 active again. With one line per chunk the cart is reported abandoned at
+/// T+20s (and again at the end); with all lines in one chunk line 3 is applied before the
+/// timer fires and the first abandonment never happens.
+///
+/// ENGINE BUG CHECK: see the final report ("cart figures depend on chunk boundaries").
+#[test]
+fn abandoned_carts_do_not_depend_on_chunk_boundaries() {
+    let t = T0;
+    let lines = vec![
+        add_line("a", t, "u1"),
+        view_line("b", t + 20_000 + B + 1, "u2"),
+        view_line("c", t + 20_000 + B + 2, "u1"),
+    ];
+    let per_line = run(&lines, 1, vec![1]);
+    let one_chunk = run(&lines, 1, vec![1 << 20]);
+    assert!(!per_line["abandoned_carts"].is_empty());
+    assert_eq!(
+        per_line["abandoned_carts"], one_chunk["abandoned_carts"],
+        "abandoned_carts with one line per chunk vs all lines in one chunk"
+    );
+}
+
+/// Allowed lateness 5 s. Chunk 1 fires window [T, T+10s) for u1 (1 event). In chunk 2, a
+/// u1 event for that window arrives while it still accepts late data (watermark T+10s <
+/// end + lateness), so it is counted (and in the global window); then the next event moves
+/// the watermark to T+15s, closing the window within the same chunk. The user window must
+/// be re-emitted with 2 events — as it is when the two lines arrive in separate chunks.
+///
+/// ENGINE BUG CHECK: see the final report ("update lost when a window closes in the chunk
+/// that updated it").
+#[test]
+fn lateness_update_survives_window_closing_in_the_same_chunk() {
+    let t = T0;
+    let l = [
+        view_line("a", t + 1_000, "u1"),
+        view_line("b", t + W + B, "u2"),
+        view_line("c", t + 2_000, "u1"),
+        view_line("d", t + W + B + 5_000, "u2"),
+    ];
+    let cfg = || PipelineConfig {
+        allowed_lateness: Duration::from_secs(5),
+        ..config(1)
+    };
+    let finals = |out: &Out| -> Vec<i64> {
+        out["user_windows"]
+            .iter()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|v| v["user_id"] == "u1" && v["window_start"] == t)
+            .map(|v| v["events"].as_i64().unwrap())
+            .collect()
+    };
+    let separate = run_raw(cfg(), VecSource::chunks(&[&l[..2], &l[2..3], &l[3..]]));
+    assert_eq!(
+        finals(&separate),
+        vec![1, 2],
+        "separate chunks: first emission, then the update"
+    );
+    let together = run_raw(cfg(), VecSource::chunks(&[&l[..2], &l[2..]]));
+    let global: Vec<i64> = together["global_windows"]
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["window_start"] == t)
+        .map(|v| v["events"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        global,
+        vec![2],
+        "the global window counts the accepted event"
+    );
+    assert_eq!(
+        finals(&together),
+        vec![1, 2],
+        "same chunk: the update of u1's window was never emitted"
+    );
+}
+
+/// Lateness at the exact boundaries: an event whose window ends exactly at the watermark is
+/// late (by 1 ms here); one exactly the bound behind the maximum is not.
+#[test]
+fn lateness_boundaries() {
+    let t = T0;
+    let lines = vec![
+        view_line("a", t, "u1"),
+        view_line("b", t + W + B, "u2"), // watermark now t + W
+        view_line("c", t + W - 1, "u1"), // its window ends at the watermark: late by 1
+        view_line("d", t + W, "u1"),     // exactly the bound behind: on time
+    ];
+    for cuts in [vec![1], vec![1 << 20]] {
+        let out = run(&lines, 2, cuts);
+        let late: Vec<Value> = out["late_events"]
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(late.len(), 1, "{late:?}");
+        assert_eq!(late[0]["event"]["event_id"], "c");
+        assert_eq!(late[0]["watermark"], t + W);
+        assert_eq!(late[0]["late_by_ms"], 1);
+        let (bf_late, counts, _) = brute_force(&lines);
+        assert_eq!(bf_late.len(), 1);
+        assert_eq!(user_counts(&out), counts);
+    }
 }

@@ -249,7 +249,7 @@ impl Rng {
     }
     /// Uniform in `[0, n)`.
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        (self.next() >> 16) % n.max(1)
     }
     /// Uniform in `[a, b)`.
     pub fn range_f64(&mut self, a: f64, b: f64) -> f64 {
