@@ -232,6 +232,8 @@ fn latency(rate: f64, seconds: u64, shards: Option<usize>) -> Result<()> {
         // events the generator holds back on purpose would count their deliberate delay
         out_of_order_rate: 0.0,
         duplicate_rate: 0.0,
+        // a flat rate: the daily rhythm would make the offered load depend on the hour
+        diurnal_amplitude: 0.0,
         ..Default::default()
     };
     let tmp = tempdir("latency")?;
