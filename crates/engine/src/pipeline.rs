@@ -144,6 +144,10 @@ impl Pipeline {
 
         // decoder j → shard s channels
         let mut shard_inputs: Vec<Vec<Receiver<SubBatch>>> = (0..n).map(|_| Vec::new()).collect();
+        // buffers flow back upstream once used, so steady state allocates nothing new
+        let (event_bufs_tx, event_bufs_rx): (Vec<_>, Vec<_>) =
+            (0..p).map(|_| bounded::<Vec<Routed>>(4 * n)).unzip();
+        let (chunk_bufs_tx, chunk_bufs_rx) = bounded::<Vec<u8>>(2 * p + 2);
         let mut decoder_outputs: Vec<Vec<Sender<SubBatch>>> = Vec::new();
         for _ in 0..p {
             let mut outs = Vec::new();
@@ -174,14 +178,19 @@ impl Pipeline {
             );
             let (qtx, qrx) = bounded::<Query>(64);
             queries.push(qtx);
-            threads.push(spawn(format!("shard-{s}"), move || shard.run(inputs, qrx)));
+            let recycle = event_bufs_tx.clone();
+            threads.push(spawn(format!("shard-{s}"), move || {
+                shard.run(inputs, qrx, recycle)
+            }));
         }
 
         let mut job_txs = Vec::new();
-        for (j, outs) in decoder_outputs.into_iter().enumerate() {
+        for ((j, outs), event_bufs) in decoder_outputs.into_iter().enumerate().zip(event_bufs_rx) {
             let (jtx, jrx) = bounded::<Job>(2);
             job_txs.push(jtx);
             let dec = DecoderTask {
+                event_bufs,
+                chunk_bufs: chunk_bufs_tx.clone(),
                 decoder: decoder.clone(),
                 source_name: source_name.clone(),
                 key_groups: kgs,
@@ -203,6 +212,7 @@ impl Pipeline {
             idle_timeout: cfg.idle_timeout,
             next_checkpoint: restored_id.map_or(1, |c| c + 1),
             metrics: metrics.clone(),
+            chunk_bufs: chunk_bufs_rx,
         };
         threads.push(spawn("reader".into(), move || reader.run()));
         drop(ctx);
@@ -370,6 +380,7 @@ struct Reader {
     idle_timeout: Option<Duration>,
     next_checkpoint: u64,
     metrics: Arc<Metrics>,
+    chunk_bufs: Receiver<Vec<u8>>,
 }
 
 impl Reader {
@@ -398,6 +409,9 @@ impl Reader {
                     i64::MIN,
                 )?;
                 return Ok(());
+            }
+            while let Ok(buf) = self.chunk_bufs.try_recv() {
+                self.source.recycle(buf);
             }
             let due = last_barrier.elapsed() >= self.interval;
             if let Some(lag) = self.source.lag() {
@@ -482,6 +496,8 @@ impl Reader {
 }
 
 struct DecoderTask {
+    event_bufs: Receiver<Vec<Routed>>,
+    chunk_bufs: Sender<Vec<u8>>,
     decoder: Decoder,
     source_name: String,
     key_groups: u32,
@@ -497,7 +513,7 @@ impl DecoderTask {
             let mut subs: Vec<SubBatch> = (0..n)
                 .map(|_| SubBatch {
                     seq: job.seq,
-                    events: Vec::new(),
+                    events: self.event_bufs.try_recv().unwrap_or_default(),
                     dead: Vec::new(),
                     chunk_max: i64::MIN,
                     barrier: job.barrier,
@@ -583,6 +599,7 @@ impl DecoderTask {
                     }
                 }
             }
+            let _ = self.chunk_bufs.try_send(job.chunk.data);
             for d in job.chunk.dead {
                 if let Some(i) = cartpulse_model::DecodeError::CODES
                     .iter()

@@ -14,12 +14,14 @@ use crate::metrics::Metrics;
 use crate::output::{self, Records, Stream};
 use crate::state::{
     CartLine, Gauges, GlobalAgg, GlobalEntry, KeyGroupState, UserAgg, UserState, UserWindow,
-    WindowEntry,
+    WindowBucket, WindowEntry,
 };
 use crate::window::WindowSpec;
 use cartpulse_model::{Action, CartEvent, DeadLetter, Money};
 use compact_str::CompactString;
 use crossbeam_channel::{Receiver, Sender};
+use hashbrown::hash_map::EntryRef;
+use hashbrown::HashMap;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
@@ -165,7 +167,12 @@ impl Shard {
 
     /// The shard's loop: sub-batches strictly in chunk order (chunk `seq` comes from decoder
     /// `seq % P`), queries in between.
-    pub fn run(mut self, inputs: Vec<Receiver<SubBatch>>, queries: Receiver<Query>) {
+    pub fn run(
+        mut self,
+        inputs: Vec<Receiver<SubBatch>>,
+        queries: Receiver<Query>,
+        recycle: Vec<Sender<Vec<Routed>>>,
+    ) {
         let p = inputs.len() as u64;
         let mut seq = 0u64;
         loop {
@@ -176,7 +183,7 @@ impl Shard {
                     debug_assert_eq!(sub.seq, seq);
                     seq += 1;
                     let end = sub.end;
-                    if let Err(e) = self.process(sub) {
+                    if let Err(e) = self.process(sub, &recycle[((seq - 1) % p) as usize]) {
                         let _ = self.tx.send(ToCommitter::Failed(format!("shard {}: {e}", self.id)));
                         return;
                     }
@@ -192,7 +199,7 @@ impl Shard {
         }
     }
 
-    fn process(&mut self, sub: SubBatch) -> Result<(), String> {
+    fn process(&mut self, mut sub: SubBatch, recycle: &Sender<Vec<Routed>>) -> Result<(), String> {
         // Dedup first, for the whole batch: the probes are independent, so the CPU overlaps
         // their cache misses instead of taking them one event at a time. Decisions are the
         // same as inline, since they depend only on the order of ids.
@@ -220,6 +227,9 @@ impl Shard {
         if self.set.track_latency && !sub.events.is_empty() {
             self.record_latency(&sub.events);
         }
+        let mut events = std::mem::take(&mut sub.events);
+        events.clear();
+        let _ = recycle.try_send(events);
         for d in &sub.dead {
             let buf = self.out.begin(Stream::DeadLetter);
             d.write_json(buf);
@@ -352,6 +362,7 @@ impl Shard {
         let KeyGroupState {
             users,
             windows,
+            bucket_hint,
             sessions,
             global,
             holds,
@@ -486,17 +497,23 @@ impl Shard {
                     if windows.first_key_value().is_none_or(|(k, _)| k.0 > e) {
                         self.alarms.push(Reverse((e, kg)));
                     }
-                    let b = windows.entry((e, s)).or_default();
+                    let hint = *bucket_hint;
+                    let b = windows.entry((e, s)).or_insert_with(|| WindowBucket {
+                        // sized like the last bucket this group closed: no rehash on the way
+                        users: HashMap::with_capacity(hint),
+                        fired: false,
+                    });
                     let fired = b.fired;
-                    let w = match b.users.get_mut(ev.user_id.as_str()) {
-                        Some(w) => {
+                    let w = match b.users.entry_ref(ev.user_id.as_str()) {
+                        EntryRef::Occupied(o) => {
+                            let w = o.into_mut();
                             w.agg.merge(&delta);
                             w.last_ts = w.last_ts.max(ev.ts);
                             w
                         }
-                        None => {
+                        EntryRef::Vacant(v) => {
                             created.push((s, e));
-                            b.users.entry(ev.user_id.clone()).or_insert(WindowEntry {
+                            v.insert(WindowEntry {
                                 agg: delta.clone(),
                                 last_ts: ev.ts,
                             })
@@ -723,7 +740,9 @@ impl Shard {
                 }
             }
             for k in closed {
-                st.windows.remove(&k);
+                if let Some(b) = st.windows.remove(&k) {
+                    st.bucket_hint = b.users.len();
+                }
             }
             while let Some(entry) = st.timers.first_entry() {
                 if *entry.key() > wm {

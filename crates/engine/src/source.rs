@@ -74,6 +74,9 @@ pub trait Source: Send {
         Ok(())
     }
 
+    /// A chunk buffer the pipeline is done with, for reuse by the next `poll`.
+    fn recycle(&mut self, _buf: Vec<u8>) {}
+
     /// Bytes or records known to be waiting upstream, if the source can tell.
     fn lag(&self) -> Option<u64> {
         None

@@ -186,6 +186,9 @@ pub struct KeyGroupState {
     pub global: BTreeMap<i64, GlobalEntry>,
     /// Quantity of each product held in this group's carts.
     pub holds: HashMap<CompactString, i64>,
+    /// Size of the last window bucket closed: the capacity for the next one.
+    #[serde(skip)]
+    pub bucket_hint: usize,
     /// Event-time timers (abandoned carts, session windows): fire time → users to look at.
     /// Derived from `users` and `sessions`, so not snapshotted but rebuilt on restore.
     #[serde(skip)]

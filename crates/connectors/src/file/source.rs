@@ -56,6 +56,8 @@ pub struct FileSource {
     eof: bool,
     decoder: Option<Decoder>,
     len: u64,
+    /// Buffers handed back by the decoders after use.
+    spare: Vec<Vec<u8>>,
 }
 
 impl FileSource {
@@ -70,6 +72,7 @@ impl FileSource {
             eof: false,
             decoder: None,
             len: 0,
+            spare: Vec::new(),
         }
     }
 
@@ -97,21 +100,15 @@ impl FileSource {
     fn fill(&mut self, want: usize) -> Result<usize, SourceError> {
         let f = self.file.as_mut().expect("opened");
         let old = self.carry.len();
-        self.carry.resize(old + want, 0);
-        let mut got = 0;
-        while got < want {
-            match f.read(&mut self.carry[old + got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.carry.truncate(old + got);
-                    return Err(self.err(e));
-                }
+        self.carry.reserve(want);
+        // read_to_end reads into spare capacity without zero-filling it first
+        match f.by_ref().take(want as u64).read_to_end(&mut self.carry) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                self.carry.truncate(old);
+                Err(self.err(e))
             }
         }
-        self.carry.truncate(old + got);
-        Ok(got)
     }
 
     /// Skips the rest of an oversize line that began at `start`, returning its dead letter.
@@ -231,8 +228,13 @@ impl Source for FileSource {
             }
             let base = self.offset;
             if let Some(last) = memchr::memrchr(b'\n', &self.carry) {
-                let rest = self.carry.split_off(last + 1);
-                let data = std::mem::replace(&mut self.carry, rest);
+                // the tail moves into a recycled buffer, so steady-state reading allocates
+                // (and the kernel zeroes) no new pages
+                let mut next = self.spare.pop().unwrap_or_default();
+                next.clear();
+                next.extend_from_slice(&self.carry[last + 1..]);
+                self.carry.truncate(last + 1);
+                let data = std::mem::replace(&mut self.carry, next);
                 self.offset += data.len() as u64;
                 return Ok(Poll::Chunk(SourceChunk {
                     data,
@@ -271,6 +273,12 @@ impl Source for FileSource {
 
     fn lag(&self) -> Option<u64> {
         Some(self.len.saturating_sub(self.offset))
+    }
+
+    fn recycle(&mut self, buf: Vec<u8>) {
+        if self.spare.len() < 4 {
+            self.spare.push(buf);
+        }
     }
 }
 
