@@ -337,7 +337,10 @@ fn demo(a: DemoArgs) -> Result<()> {
         token: a.token.clone(),
         ..Default::default()
     };
-    run_live(Pipeline::new(pipeline, source, sinks), Some((a.addr, opts)))
+    let r = run_live(Pipeline::new(pipeline, source, sinks), Some((a.addr, opts)));
+    // each demo starts from scratch, so its checkpoints are of no use once it has stopped
+    let _ = std::fs::remove_dir_all(base.join("checkpoints"));
+    r
 }
 
 /// Runs a pipeline with optional HTTP until its input ends or SIGINT/SIGTERM, then stops

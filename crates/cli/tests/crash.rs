@@ -38,7 +38,6 @@ fn serial() -> Serial {
 }
 
 struct Fixture {
-    _dir: tempfile::TempDir,
     input: PathBuf,
     reference: BTreeMap<&'static str, Vec<String>>,
     /// Wall time of an uninterrupted run with checkpoints every 100 ms.
@@ -54,7 +53,13 @@ const INTERVAL: &str = "100ms";
 /// deduplication, and carts are abandoned mid-stream), plus a malformed line every 5000
 /// (dead letters are not deduplicated either).
 fn write_input(dir: &Path, events: u64) -> PathBuf {
-    let raw = dir.join("generated.jsonl");
+    // generated once per build directory and shared by every test process: the input is
+    // deterministic, and a file kept in a static would never be deleted
+    let input = dir.join(format!("events-{events}.jsonl"));
+    if input.exists() {
+        return input;
+    }
+    let raw = dir.join(format!("generated-{}.jsonl", std::process::id()));
     gen(events, 5, &raw, &["--rate", "200"]);
     let text = std::fs::read_to_string(&raw).unwrap();
     std::fs::remove_file(&raw).unwrap();
@@ -66,8 +71,9 @@ fn write_input(dir: &Path, events: u64) -> PathBuf {
         with_bad.push_str(l);
         with_bad.push('\n');
     }
-    let input = dir.join(format!("events-{events}.jsonl"));
-    std::fs::write(&input, with_bad).unwrap();
+    let tmp = dir.join(format!("events-{events}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, with_bad).unwrap();
+    std::fs::rename(&tmp, &input).unwrap();
     input
 }
 
@@ -77,12 +83,15 @@ const MIN_CHECKPOINTS: u64 = 4;
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        let shared = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("crash-fixture");
+        std::fs::create_dir_all(&shared).unwrap();
+        // scratch outputs are deleted when this function returns
+        let dir = tempfile::tempdir_in(&shared).unwrap();
         // ~400k events; more if the engine is so fast that a run takes only a few
         // checkpoint intervals
         let mut events = 400_000;
         loop {
-            let input = write_input(dir.path(), events);
+            let input = write_input(&shared, events);
             let out = dir.path().join(format!("reference-{events}"));
             replay(&input, &out, &["--shards", "2"]);
             let reference = sorted_streams(&out);
@@ -113,14 +122,12 @@ fn fixture() -> &'static Fixture {
             );
             if checkpoints >= MIN_CHECKPOINTS || events >= 1_600_000 {
                 return Fixture {
-                    _dir: dir,
                     input,
                     reference,
                     run_time: best,
                     checkpoints,
                 };
             }
-            std::fs::remove_file(&input).unwrap();
             events *= 2;
         }
     })

@@ -164,7 +164,7 @@ impl Metrics {
             carts: gauge_vec(
                 &r,
                 "cartpulse_carts",
-                "Carts right now: active, items, value (minor units ×10⁴)",
+                "Carts right now: active carts, items, and value in currency units × 10⁴",
                 &["measure"],
             ),
             processing_latency: histogram(

@@ -214,7 +214,13 @@ impl Shard {
                 .max(r.max_before)
                 .saturating_sub(self.set.bound);
             st.dedup.expire(wm_e, self.set.horizon);
-            fresh.push(st.dedup.insert(r.id_hash, r.ev.ts));
+            let new = st.dedup.insert(r.id_hash, r.ev.ts);
+            if new {
+                // touch the user's cart now: these independent loads overlap, and the
+                // real lookup below then finds the cache lines warm
+                std::hint::black_box(st.users.get(r.ev.user_id.as_str()).map(|u| u.lines.len()));
+            }
+            fresh.push(new);
         }
         for (r, &new) in sub.events.iter().zip(&fresh) {
             if new {

@@ -39,12 +39,21 @@ pub async fn require_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(bearer);
     match got {
         Some(t) if same(t.as_bytes(), want.as_bytes()) => next.run(req).await,
         Some(_) => refuse(StatusCode::FORBIDDEN, "wrong token"),
         None => refuse(StatusCode::UNAUTHORIZED, "bearer token required"),
     }
+}
+
+/// The credentials of an `Authorization: Bearer <token>` header; the scheme name is
+/// case-insensitive (RFC 9110, section 11.1).
+fn bearer(v: &str) -> Option<&str> {
+    let (scheme, rest) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim_start_matches(' '))
 }
 
 fn refuse(code: StatusCode, why: &str) -> Response {

@@ -24,7 +24,8 @@ pub use auth::{check_exposure, AuthError};
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServeOptions {
-    /// Bearer token required on every endpoint but `/healthz` and `/readyz`. Required when
+    /// Bearer token required on every endpoint but `/healthz`, `/readyz` and the static
+    /// dashboard page `/` (whose API calls carry the token). Required when
     /// listening on anything but loopback; `CARTPULSE_API_TOKEN` overrides it.
     pub token: Option<String>,
     /// Largest request body accepted, bytes.
@@ -40,7 +41,6 @@ const DASHBOARD: &str = include_str!("../assets/index.html");
 
 pub fn router(api: Api, opts: &ServeOptions) -> Router {
     let protected = Router::new()
-        .route("/", get(|| async { Html(DASHBOARD) }))
         .route("/api/metrics", get(metrics_json))
         .route("/api/stream", get(stream::sse))
         .route("/api/carts/:user_id", get(cart))
@@ -52,7 +52,11 @@ pub fn router(api: Api, opts: &ServeOptions) -> Router {
             opts.token.clone(),
             auth::require_token,
         ));
+    // The dashboard page itself is static and holds no data; it must load without an
+    // Authorization header (a browser cannot send one when navigating) and then sends the
+    // token from the URL fragment (`/#token=...`) with every API call it makes.
     Router::new()
+        .route("/", get(|| async { Html(DASHBOARD) }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .merge(protected)

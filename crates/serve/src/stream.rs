@@ -39,7 +39,8 @@ fn snapshot(api: &Api, prev: Option<(Instant, u64)>) -> (Value, (Instant, u64)) 
     let m = &api.metrics;
     let events = m.events_decoded.get();
     let now = Instant::now();
-    let rate = prev.map_or(0.0, |(t, n)| {
+    // unknown (null) on a stream's first snapshot rather than a misleading 0/s
+    let rate = prev.map(|(t, n)| {
         (events.saturating_sub(n)) as f64 / now.duration_since(t).as_secs_f64().max(1e-3)
     });
     let top = api.top_holds(10);
