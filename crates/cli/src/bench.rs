@@ -42,6 +42,9 @@ enum What {
         seconds: u64,
         #[arg(long)]
         shards: Option<usize>,
+        /// Checkpoint interval (`off` for none).
+        #[arg(long, default_value = "10s")]
+        checkpoint_interval: String,
     },
     /// Decoder alone: JSON lines → events on one thread (the hottest code path).
     Decode {
@@ -71,7 +74,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
             rate,
             seconds,
             shards,
-        } => latency(rate, seconds, shards),
+            checkpoint_interval,
+        } => latency(rate, seconds, shards, &checkpoint_interval),
         What::Decode { events } => decode(events),
         What::Checkpoint {
             carts,
@@ -223,7 +227,11 @@ fn rss_bytes() -> u64 {
         * 1024
 }
 
-fn latency(rate: f64, seconds: u64, shards: Option<usize>) -> Result<()> {
+fn latency(rate: f64, seconds: u64, shards: Option<usize>, interval: &str) -> Result<()> {
+    let interval = match interval {
+        "off" => None,
+        s => Some(humantime::parse_duration(s).context("--checkpoint-interval")?),
+    };
     let now = cartpulse_engine::clock::Clock::now_ms(&cartpulse_engine::clock::SystemClock);
     let gen = cartpulse_gen::GenConfig {
         events: 0,
@@ -241,7 +249,8 @@ fn latency(rate: f64, seconds: u64, shards: Option<usize>) -> Result<()> {
         idle_timeout: Some(Duration::from_secs(1)),
         track_event_latency: true,
         checkpoint: CheckpointConfig {
-            dir: Some(tmp.join("ckpt")),
+            dir: interval.map(|_| tmp.join("ckpt")),
+            interval: interval.unwrap_or(Duration::from_secs(10)),
             ..Default::default()
         },
         ..Default::default()
@@ -268,7 +277,8 @@ fn latency(rate: f64, seconds: u64, shards: Option<usize>) -> Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
     println!("machine: {}", machine());
     println!(
-        "live generator at {rate} events/s target, {shards_used} shards, checkpoints every 10s: {:.0} events/s processed over {el:.1}s",
+        "live generator at {rate} events/s target, {shards_used} shards, checkpoints {}: {:.0} events/s processed over {el:.1}s",
+        interval.map_or("off".to_string(), |i| format!("every {}", humantime::format_duration(i))),
         n as f64 / el
     );
     println!(

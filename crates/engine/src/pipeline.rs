@@ -140,7 +140,7 @@ impl Pipeline {
         let kgs = cfg.key_groups;
         let settings = ShardSettings::from_config(&cfg);
         // deep enough to ride out a checkpoint's fsyncs without stalling the shards
-        let (ctx, crx) = bounded::<ToCommitter>(4096);
+        let (ctx, crx) = bounded::<ToCommitter>(n * 64);
         let (ack_tx, ack_rx) = bounded::<(u64, Value)>(1024);
 
         // decoder j → shard s channels
