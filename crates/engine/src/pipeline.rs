@@ -139,7 +139,6 @@ impl Pipeline {
         let p = cfg.parsers();
         let kgs = cfg.key_groups;
         let settings = ShardSettings::from_config(&cfg);
-        // deep enough to ride out a checkpoint's fsyncs without stalling the shards
         let (ctx, crx) = bounded::<ToCommitter>(n * 64);
         let (ack_tx, ack_rx) = bounded::<(u64, Value)>(1024);
 
