@@ -29,6 +29,9 @@ pub struct Metrics {
     /// Per-event latency from event time to state update, in microseconds; recorded only
     /// when `PipelineConfig::track_event_latency` is on (benchmarks of live traffic).
     pub event_latency_us: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
+    /// Per-event time from the source handing its chunk to the pipeline to the state
+    /// update, in microseconds (same switch as `event_latency_us`).
+    pub pipeline_latency_us: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -176,6 +179,9 @@ impl Metrics {
                 ],
             ),
             event_latency_us: std::sync::Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
+            ),
+            pipeline_latency_us: std::sync::Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
             ),
             registry: r,

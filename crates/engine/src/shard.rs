@@ -231,7 +231,7 @@ impl Shard {
         }
         self.fresh = fresh;
         if self.set.track_latency && !sub.events.is_empty() {
-            self.record_latency(&sub.events);
+            self.record_latency(&sub.events, sub.read_at);
         }
         let mut events = std::mem::take(&mut sub.events);
         events.clear();
@@ -298,14 +298,23 @@ impl Shard {
             .set(windows as i64);
     }
 
-    fn record_latency(&self, events: &[Routed]) {
+    fn record_latency(&self, events: &[Routed], read_at: Instant) {
         let now_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as i64);
-        let mut h = self.metrics.event_latency_us.lock().expect("latency lock");
-        for r in events {
-            let _ = h.record((now_us - r.ev.ts * 1000).max(1) as u64);
+        let in_pipeline = read_at.elapsed().as_micros().max(1) as u64;
+        {
+            let mut h = self.metrics.event_latency_us.lock().expect("latency lock");
+            for r in events {
+                let _ = h.record((now_us - r.ev.ts * 1000).max(1) as u64);
+            }
         }
+        let _ = self
+            .metrics
+            .pipeline_latency_us
+            .lock()
+            .expect("latency lock")
+            .record_n(in_pipeline, events.len() as u64);
     }
 
     fn send(&self, m: ToCommitter) -> Result<(), String> {
