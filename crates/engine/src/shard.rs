@@ -27,6 +27,9 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Closed-window records written per batch at the least (see `Shard::drain`).
+const DRAIN_SLICE: usize = 2048;
+
 /// One event routed to a shard.
 pub(crate) struct Routed {
     pub kg: u32,
@@ -119,6 +122,12 @@ pub(crate) struct Shard {
     /// `(due time, key group)`: for every group, an alarm at or before its earliest due
     /// time (stale duplicates are harmless), so firing visits only groups with work.
     alarms: BinaryHeap<Reverse<(i64, u32)>>,
+    /// Closed windows whose records are still to be written: (start, end, entries).
+    draining: std::collections::VecDeque<(
+        i64,
+        i64,
+        hashbrown::hash_map::IntoIter<CompactString, WindowEntry>,
+    )>,
     scratch: Vec<(i64, i64)>,
     fresh: Vec<bool>,
     partials: BTreeMap<(i64, i64), GlobalAgg>,
@@ -157,6 +166,7 @@ impl Shard {
             out: Records::default(),
             counts: LocalCounts::default(),
             alarms,
+            draining: Default::default(),
             scratch: Vec::new(),
             fresh: Vec::new(),
             partials: BTreeMap::new(),
@@ -242,11 +252,20 @@ impl Shard {
             buf.push(b'\n');
         }
         self.source_max = self.source_max.max(sub.chunk_max);
+        let n_events = sub.events.len();
         match sub.end {
             ChunkEnd::Flush => self.advance(i64::MAX, true),
             ChunkEnd::Stop => {}
             ChunkEnd::No => self.advance(self.source_max.saturating_sub(self.set.bound), true),
         }
+        // a snapshot holds no half-written window: everything is out before a barrier
+        let budget = if sub.barrier.is_some() || sub.end != ChunkEnd::No {
+            usize::MAX
+        } else {
+            // at least twice what a batch can add, so the backlog always shrinks
+            (2 * n_events).max(DRAIN_SLICE)
+        };
+        self.drain(budget);
         self.flush_counts();
         if !self.out.is_empty() {
             let recs = std::mem::take(&mut self.out);
@@ -280,6 +299,35 @@ impl Shard {
             })?;
         }
         Ok(())
+    }
+
+    /// Writes up to `budget` records of closed windows, oldest window first.
+    fn drain(&mut self, mut budget: usize) {
+        while budget > 0 {
+            let Some((start, end, it)) = self.draining.front_mut() else {
+                return;
+            };
+            let (start, end) = (*start, *end);
+            let mut done = true;
+            for (u, w) in it.by_ref() {
+                output::user_window(
+                    self.out.begin(Stream::UserWindows),
+                    &u,
+                    start,
+                    end,
+                    &w.agg,
+                    false,
+                );
+                budget -= 1;
+                if budget == 0 {
+                    done = false;
+                    break;
+                }
+            }
+            if done {
+                self.draining.pop_front();
+            }
+        }
     }
 
     fn report_state_size(&self) {
@@ -737,7 +785,10 @@ impl Shard {
             let st = &mut self.groups[(kg - self.first_group) as usize];
             let mut closed = Vec::new();
             for (&(e, s), b) in st.windows.range_mut(..=(wm, i64::MAX)) {
-                if !b.fired {
+                if e.saturating_add(set.lateness) <= wm {
+                    closed.push((e, s));
+                } else if !b.fired {
+                    // still open to late updates: emit now, so updates follow it
                     for (u, w) in b.users.iter() {
                         output::user_window(
                             self.out.begin(Stream::UserWindows),
@@ -750,13 +801,16 @@ impl Shard {
                     }
                     b.fired = true;
                 }
-                if e.saturating_add(set.lateness) <= wm {
-                    closed.push((e, s));
-                }
             }
             for k in closed {
                 if let Some(b) = st.windows.remove(&k) {
                     st.bucket_hint = b.users.len();
+                    if !b.fired {
+                        // fired and closed at once: nothing can change it any more, so its
+                        // records are written in slices between batches instead of in one
+                        // burst that would hold up every event behind it
+                        self.draining.push_back((k.1, k.0, b.users.into_iter()));
+                    }
                 }
             }
             while let Some(entry) = st.timers.first_entry() {
