@@ -13,8 +13,8 @@ use crate::live::{CartView, Query};
 use crate::metrics::Metrics;
 use crate::output::{self, Records, Stream};
 use crate::state::{
-    CartLine, Gauges, GlobalAgg, GlobalEntry, KeyGroupState, UserAgg, UserState, UserWindow,
-    WindowBucket, WindowEntry,
+    CartLine, Gauges, GlobalAgg, GlobalEntry, KeyGroupState, UserAgg, UserWindow, WindowBucket,
+    WindowEntry,
 };
 use crate::window::WindowSpec;
 use cartpulse_model::{Action, CartEvent, DeadLetter, Money};
@@ -463,13 +463,12 @@ impl Shard {
             (Some(u), Some(sku)) => u.lines.iter().position(|l| l.sku == *sku),
             _ => None,
         };
-        let line = |u: &Option<&mut UserState>| {
-            line_idx.and_then(|i| u.as_ref().map(|u| u.lines[i].clone()))
-        };
-        let line_now = line(&user);
-        let price = match (ev.price, &line_now) {
+        // the line's price and quantity before this event (plain copies, no clone)
+        let line_now =
+            line_idx.and_then(|i| user.as_ref().map(|u| (u.lines[i].price, u.lines[i].qty)));
+        let price = match (ev.price, line_now) {
             (Some(p), _) => p,
-            (None, Some(l)) => l.price,
+            (None, Some((p, _))) => p,
             (None, None) => {
                 if matches!(ev.action, Action::Add | Action::Remove | Action::UpdateQty) {
                     self.counts.missing_price += 1;
@@ -491,10 +490,7 @@ impl Shard {
             }
             Action::Remove => {
                 delta.removes = 1;
-                let q = i64::from(
-                    ev.qty
-                        .unwrap_or_else(|| line_now.as_ref().map_or(0, |l| l.qty)),
-                );
+                let q = i64::from(ev.qty.unwrap_or_else(|| line_now.map_or(0, |l| l.1)));
                 delta.qty_removed = q;
                 delta.value_removed = Money(price.0 * q);
             }
@@ -518,7 +514,6 @@ impl Shard {
                     end: ev.ts + gap.as_millis() as i64,
                     agg: delta.clone(),
                     fired: false,
-                    dirty: false,
                 };
                 while let Some(i) = ws.iter().position(|o| o.start < w.end && w.start < o.end) {
                     let o = ws.swap_remove(i);
@@ -624,19 +619,7 @@ impl Shard {
                 } else {
                     g.users.insert(r.user_hash)
                 };
-                let g = &mut g.agg;
-                g.events += 1;
-                g.distinct_users += u64::from(new_user);
-                g.views += u64::from(delta.views);
-                g.adds += u64::from(delta.adds);
-                g.removes += u64::from(delta.removes);
-                g.update_qtys += u64::from(delta.update_qtys);
-                g.checkouts += u64::from(delta.checkouts);
-                g.qty_added += delta.qty_added;
-                g.qty_removed += delta.qty_removed;
-                g.value_added += delta.value_added;
-                g.value_removed += delta.value_removed;
-                g.checkout_value += checkout_value;
+                g.agg.add_event(&delta, new_user, checkout_value);
             }
         }
 

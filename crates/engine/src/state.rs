@@ -53,7 +53,6 @@ pub struct UserWindow {
     pub agg: UserAgg,
     /// Emitted at least once; a later change is re-emitted as an update.
     pub fired: bool,
-    pub dirty: bool,
 }
 
 /// A user's cart. Only users with something in their cart (or an abandonment pending) have
@@ -131,6 +130,22 @@ pub struct GlobalAgg {
 }
 
 impl GlobalAgg {
+    /// Adds one event's contribution, as measured for its user window.
+    pub fn add_event(&mut self, d: &UserAgg, new_user: bool, checkout_value: Money) {
+        self.events += u64::from(d.events);
+        self.distinct_users += u64::from(new_user);
+        self.views += u64::from(d.views);
+        self.adds += u64::from(d.adds);
+        self.removes += u64::from(d.removes);
+        self.update_qtys += u64::from(d.update_qtys);
+        self.checkouts += u64::from(d.checkouts);
+        self.qty_added += d.qty_added;
+        self.qty_removed += d.qty_removed;
+        self.value_added += d.value_added;
+        self.value_removed += d.value_removed;
+        self.checkout_value += checkout_value;
+    }
+
     pub fn merge(&mut self, o: &GlobalAgg) {
         self.events += o.events;
         self.distinct_users += o.distinct_users;
@@ -196,10 +211,6 @@ pub struct KeyGroupState {
 }
 
 impl KeyGroupState {
-    pub fn add_timer(&mut self, at: i64, user: &CompactString) {
-        self.timers.entry(at).or_default().push(user.clone());
-    }
-
     /// Recreates the timers a restored group needs.
     pub fn rebuild_timers(&mut self, lateness: i64) {
         let mut timers: BTreeMap<i64, Vec<CompactString>> = BTreeMap::new();
