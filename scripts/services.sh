@@ -5,7 +5,18 @@
 #               package) for crates/cli/tests/deploy.rs
 # Debian packages, installed with apt-get. Nothing is started here: each test starts its own
 # processes on free loopback ports and stops them. Does nothing (and quickly) when all is there.
+# Each connector that needs more (a broker, a database server) adds its own idempotent
+# scripts/services.d/<name>.sh, run after this one.
 set -euo pipefail
+cd "$(dirname "$0")/.."
+
+run_parts() {
+  for part in scripts/services.d/*.sh; do
+    [ -e "$part" ] || continue
+    echo "services.sh: $part"
+    bash "$part"
+  done
+}
 
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
@@ -18,7 +29,8 @@ if ! { command -v fc-list >/dev/null 2>&1 && [ -n "$(fc-list 2>/dev/null | head 
 fi
 
 if [ ${#need[@]} -eq 0 ]; then
-  echo "services.sh: chromium, prometheus and promtool are installed; nothing to do"
+  echo "services.sh: chromium, prometheus and promtool are installed"
+  run_parts
   exit 0
 fi
 
@@ -59,3 +71,4 @@ for tool in chromium prometheus promtool; do
   fi
 done
 echo "services.sh: installed ${need[*]}"
+run_parts

@@ -14,7 +14,11 @@ pub struct AppConfig {
     pub pipeline: PipelineConfig,
     pub source: Option<SourceConfig>,
     pub sinks: Vec<SinkConfig>,
+    /// Real-time stores (`[[stores]]`): Postgres, Redis, ClickHouse, Elasticsearch.
+    pub stores: Vec<cartpulse_stores::StoreSinkConfig>,
     pub http: HttpConfig,
+    /// The analytics stage: rules, features, funnel, price and stock alerts.
+    pub analytics: cartpulse_analytics::live::AnalyticsConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -27,6 +31,8 @@ pub struct HttpConfig {
     pub token: Option<String>,
     /// Largest request body accepted, bytes.
     pub max_body_bytes: Option<usize>,
+    /// Token for admin endpoints (reloading rules); defaults to `token`.
+    pub admin_token: Option<String>,
 }
 
 impl HttpConfig {
@@ -34,6 +40,7 @@ impl HttpConfig {
         cartpulse_serve::ServeOptions {
             token: self.token.clone(),
             max_body_bytes: self.max_body_bytes,
+            admin_token: self.admin_token.clone(),
         }
     }
 }
@@ -45,6 +52,7 @@ impl Default for HttpConfig {
             addr: "127.0.0.1:8080".parse().expect("valid"),
             token: None,
             max_body_bytes: None,
+            admin_token: None,
         }
     }
 }

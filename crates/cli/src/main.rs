@@ -1,7 +1,10 @@
 //! The `cartpulse` binary: the only place that uses `anyhow`.
 
+mod analytics;
 mod bench;
 mod config;
+mod fpgrowth;
+mod lambda;
 
 use anyhow::{bail, Context, Result};
 use cartpulse_connectors::{
@@ -54,6 +57,12 @@ enum Cmd {
     Demo(DemoArgs),
     /// Measure throughput, latency, memory and checkpoint cost.
     Bench(bench::BenchArgs),
+    /// Mine frequent itemsets and association rules from a basket file (FP-Growth).
+    Fpgrowth(fpgrowth::FpgrowthArgs),
+    /// Recompute the batch views (windows, aggregates, baskets, sessions) from the Parquet archive.
+    Batch(lambda::BatchArgs),
+    /// Compare the speed layer's window outputs with the batch views, exactly.
+    Verify(lambda::VerifyArgs),
 }
 
 #[derive(clap::Args)]
@@ -76,6 +85,9 @@ struct GenArgs {
     /// Event time of the first event, epoch ms.
     #[arg(long)]
     start_ms: Option<i64>,
+    /// Also write the product catalogue (CSV: sku, name, category, brand, price, stock).
+    #[arg(long)]
+    catalog: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -107,6 +119,12 @@ struct ReplayArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Run without the analytics stage (rules, funnel, alerts).
+    #[arg(long)]
+    no_analytics: bool,
+    /// Product catalogue CSV for the rules (stock, names, categories).
+    #[arg(long)]
+    catalog: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -157,6 +175,9 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Run { config } => run_config(&config),
         Cmd::Demo(a) => demo(a),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Fpgrowth(a) => fpgrowth::run(a),
+        Cmd::Batch(a) => lambda::batch(a),
+        Cmd::Verify(a) => lambda::verify_cmd(a),
     }
 }
 
@@ -180,6 +201,9 @@ fn gen(a: GenArgs) -> Result<()> {
     }
     if a.events == 0 {
         bail!("--events must be at least 1");
+    }
+    if let Some(c) = &a.catalog {
+        write_catalog(&cfg, c)?;
     }
     let stats = cartpulse_gen::write_file(cfg, &a.out, a.truth.as_deref())?;
     eprintln!(
@@ -228,7 +252,16 @@ fn replay(a: ReplayArgs) -> Result<()> {
         .with_context(|| format!("input {}", a.input.display()))?
         .len();
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonlDirSink::new(&a.out))];
-    let handle = Pipeline::new(pipeline, Box::new(source), sinks).start()?;
+    let mut p = Pipeline::new(pipeline, Box::new(source), sinks);
+    let mut acfg = app.analytics.clone();
+    acfg.enabled &= !a.no_analytics;
+    if a.catalog.is_some() {
+        acfg.catalog.clone_from(&a.catalog);
+    }
+    if let Some(op) = analytics::operator(&acfg, "replay")? {
+        p = p.with_operator(op);
+    }
+    let handle = p.start()?;
     let summary = with_progress(handle, total, a.quiet)?;
     report(&summary);
     Ok(())
@@ -287,19 +320,37 @@ fn run_config(path: &Path) -> Result<()> {
             path.display()
         );
     };
-    if app.sinks.is_empty() {
+    if app.sinks.is_empty() && app.stores.is_empty() {
         bail!(
-            "config file {}: key `sinks`: expected at least one [[sinks]] entry",
+            "config file {}: key `sinks`: expected at least one [[sinks]] or [[stores]] entry",
             path.display()
         );
     }
     let source = build_source(src, app.pipeline.max_record_bytes);
-    let sinks = app.sinks.iter().map(build_sink).collect();
+    let mut sinks: Vec<Box<dyn Sink>> = app.sinks.iter().map(build_sink).collect();
+    for store in &app.stores {
+        let mut store = store.clone();
+        if let Some(dir) = &app.pipeline.checkpoint.dir {
+            store.default_stage_dir(dir);
+        }
+        sinks.push(
+            cartpulse_stores::build_store_sink(&store)
+                .map_err(|e| anyhow::anyhow!("config file {}: [[stores]]: {e}", path.display()))?,
+        );
+    }
     let http = app
         .http
         .enabled
         .then(|| (app.http.addr, app.http.serve_options()));
-    run_live(Pipeline::new(app.pipeline, source, sinks), http)
+    let origin = format!("config file {}", path.display());
+    let mut pipeline = Pipeline::new(app.pipeline, source, sinks);
+    if let Some(op) = analytics::operator(&app.analytics, &origin)? {
+        pipeline = pipeline.with_operator(op);
+    }
+    if !app.stores.is_empty() {
+        cartpulse_stores::register_metrics(&pipeline.metrics.registry);
+    }
+    run_live(pipeline, http, app.analytics.rules_file.clone())
 }
 
 fn demo(a: DemoArgs) -> Result<()> {
@@ -337,7 +388,24 @@ fn demo(a: DemoArgs) -> Result<()> {
         token: a.token.clone(),
         ..Default::default()
     };
-    let r = run_live(Pipeline::new(pipeline, source, sinks), Some((a.addr, opts)));
+    // the demo's catalogue gives rules stock figures (low stock, hoarding by share)
+    let catalog = base.join("catalog.csv");
+    write_catalog(
+        &cartpulse_gen::GenConfig {
+            seed: a.seed,
+            ..Default::default()
+        },
+        &catalog,
+    )?;
+    let acfg = cartpulse_analytics::live::AnalyticsConfig {
+        catalog: Some(catalog),
+        ..Default::default()
+    };
+    let mut p = Pipeline::new(pipeline, source, sinks);
+    if let Some(op) = analytics::operator(&acfg, "demo")? {
+        p = p.with_operator(op);
+    }
+    let r = run_live(p, Some((a.addr, opts)), None);
     // each demo starts from scratch, so its checkpoints are of no use once it has stopped
     let _ = std::fs::remove_dir_all(base.join("checkpoints"));
     r
@@ -348,6 +416,7 @@ fn demo(a: DemoArgs) -> Result<()> {
 fn run_live(
     p: Pipeline,
     http: Option<(std::net::SocketAddr, cartpulse_serve::ServeOptions)>,
+    rules_file: Option<PathBuf>,
 ) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -362,6 +431,9 @@ fn run_live(
     }
     let handle = p.start()?;
     let api = handle.api.clone();
+    if let Some(path) = rules_file {
+        analytics::watch_rules(path, api.clone());
+    }
     let stopper = handle.stopper();
     rt.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
@@ -406,4 +478,32 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Writes the generator's catalogue as CSV (sku, name, category, brand, price, stock).
+fn write_catalog(cfg: &cartpulse_gen::GenConfig, path: &Path) -> Result<()> {
+    use std::io::Write;
+    let gen = cartpulse_gen::Generator::new(cfg.clone())?;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let mut w = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("catalog {}", path.display()))?,
+    );
+    writeln!(w, "sku,name,category,brand,price,stock")?;
+    for p in gen.catalog() {
+        writeln!(
+            w,
+            "{},\"{}\",{},{},{}.{:02},{}",
+            p.sku,
+            p.name.replace('"', "\"\""),
+            p.category,
+            p.brand,
+            p.price_cents / 100,
+            p.price_cents % 100,
+            p.stock
+        )?;
+    }
+    w.flush()?;
+    Ok(())
 }

@@ -3,9 +3,13 @@
 
 pub mod file;
 pub mod gen_source;
+mod ingest;
 pub mod memory;
+pub mod mysql_cdc;
+pub mod rabbitmq;
+pub mod redis;
 
-use cartpulse_engine::{Sink, Source};
+use cartpulse_engine::{Sink, Source, Stream};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -20,6 +24,14 @@ pub enum SourceConfig {
     File(Box<FileSourceConfig>),
     /// The built-in simulator, released at wall-clock pace.
     Generator(cartpulse_gen::GenConfig),
+    /// Row changes of a cart table and an orders table, from the MySQL/MariaDB binlog.
+    MysqlCdc(Box<mysql_cdc::MysqlCdcConfig>),
+    /// A Redis stream read through a consumer group.
+    RedisStream(Box<redis::RedisStreamConfig>),
+    /// Carts kept as Redis hashes, followed through keyspace notifications.
+    RedisCarts(Box<redis::RedisCartsConfig>),
+    /// A durable RabbitMQ queue, acknowledged per checkpoint.
+    Rabbitmq(Box<rabbitmq::RabbitMqConfig>),
 }
 
 /// Every sink cartpulse can write, selected by `type` in the config.
@@ -27,18 +39,49 @@ pub enum SourceConfig {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkConfig {
     /// JSON lines per stream under `dir`, committed with each checkpoint.
-    Jsonl { dir: PathBuf },
+    Jsonl {
+        dir: PathBuf,
+        /// Also write the `events` stream (every accepted event, cleaned).
+        #[serde(default)]
+        events: bool,
+        /// Also write the `carts` stream (changed carts at each checkpoint).
+        #[serde(default)]
+        carts: bool,
+    },
+    /// The `events` stream archived as hour-partitioned Parquet (`cartpulse-lake`).
+    Parquet(cartpulse_lake::ArchiveConfig),
 }
 
 pub fn build_source(cfg: &SourceConfig, max_record_bytes: usize) -> Box<dyn Source> {
     match cfg {
         SourceConfig::File(c) => Box::new(FileSource::new((**c).clone(), max_record_bytes)),
         SourceConfig::Generator(g) => Box::new(GenSource::new(g.clone(), max_record_bytes)),
+        SourceConfig::MysqlCdc(c) => Box::new(mysql_cdc::MysqlCdcSource::new(
+            (**c).clone(),
+            max_record_bytes,
+        )),
+        SourceConfig::RedisStream(c) => Box::new(redis::RedisStreamSource::new(
+            (**c).clone(),
+            max_record_bytes,
+        )),
+        SourceConfig::RedisCarts(c) => Box::new(redis::RedisCartsSource::new(
+            (**c).clone(),
+            max_record_bytes,
+        )),
+        SourceConfig::Rabbitmq(c) => Box::new(rabbitmq::RabbitMqSource::new(
+            (**c).clone(),
+            max_record_bytes,
+        )),
     }
 }
 
 pub fn build_sink(cfg: &SinkConfig) -> Box<dyn Sink> {
     match cfg {
-        SinkConfig::Jsonl { dir } => Box::new(JsonlDirSink::new(dir)),
+        SinkConfig::Jsonl { dir, events, carts } => Box::new(
+            JsonlDirSink::new(dir)
+                .with_stream(Stream::Events, *events)
+                .with_stream(Stream::Carts, *carts),
+        ),
+        SinkConfig::Parquet(c) => Box::new(cartpulse_lake::ParquetArchiveSink::new(c.clone())),
     }
 }

@@ -55,6 +55,8 @@ pub type ShardSnapshot = (usize, Vec<(u32, Vec<u8>)>);
 pub struct Restored {
     pub meta: CheckpointMeta,
     pub groups: HashMap<u32, KeyGroupState>,
+    /// The analytics stage's state, when the pipeline had one.
+    pub operator: Option<Vec<u8>>,
 }
 
 pub struct CheckpointStore {
@@ -133,6 +135,7 @@ impl CheckpointStore {
             });
         }
         let mut groups = HashMap::new();
+        let mut operator = None;
         for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
             let entry = entry.map_err(io_err(&dir))?;
             let path = entry.path();
@@ -144,6 +147,10 @@ impl CheckpointStore {
                 path: path.clone(),
                 why,
             })? {
+                if kg == crate::operator::OPERATOR_GROUP {
+                    operator = Some(bytes.to_vec());
+                    continue;
+                }
                 let st: KeyGroupState =
                     postcard::from_bytes(bytes).map_err(|e| EngineError::Corrupt {
                         path: path.clone(),
@@ -157,7 +164,11 @@ impl CheckpointStore {
                 }
             }
         }
-        Ok(Some(Restored { meta, groups }))
+        Ok(Some(Restored {
+            meta,
+            groups,
+            operator,
+        }))
     }
 
     /// Writes checkpoint `meta.id` and publishes it. Returns the bytes written.

@@ -73,12 +73,15 @@ impl Default for PendingCheckpoint {
 pub struct CommitSummary {
     pub last_checkpoint: Option<u64>,
     pub finished: bool,
-    pub emitted: [u64; 5],
+    pub emitted: [u64; Stream::COUNT],
     pub checkpoints: u64,
 }
 
 pub(crate) struct Committer {
     pub shards: usize,
+    /// Threads that snapshot at barriers and report `Done`: the shards, and the analytics
+    /// stage when there is one (participant `shards`).
+    pub participants: usize,
     pub epoch_of: Vec<u64>,
     pub sinks: Vec<Box<dyn Sink>>,
     pub store: Option<CheckpointStore>,
@@ -94,7 +97,7 @@ pub(crate) struct Committer {
     /// Global windows waiting for every shard's watermark: (end, start) → merged partials.
     windows: BTreeMap<(i64, i64), GlobalAgg>,
     reports: Vec<VecDeque<(i64, Gauges)>>,
-    epoch_counts: BTreeMap<u64, [u64; 5]>,
+    epoch_counts: BTreeMap<u64, [u64; Stream::COUNT]>,
     summary: CommitSummary,
 }
 
@@ -116,6 +119,7 @@ impl Committer {
     ) -> Self {
         Committer {
             shards,
+            participants: shards,
             epoch_of: vec![first_epoch; shards],
             sinks,
             store,
@@ -135,6 +139,14 @@ impl Committer {
         }
     }
 
+    /// Adds the analytics stage as a checkpoint participant.
+    pub fn with_stage(mut self) -> Self {
+        self.participants = self.shards + 1;
+        let first = self.epoch_of[0];
+        self.epoch_of.push(first);
+        self
+    }
+
     pub fn run(mut self, rx: Receiver<ToCommitter>) -> Result<CommitSummary, EngineError> {
         self.live.inner.lock().expect("live lock").ready = true;
         let r = self.commit_loop(rx);
@@ -144,7 +156,7 @@ impl Committer {
 
     fn commit_loop(&mut self, rx: Receiver<ToCommitter>) -> Result<CommitSummary, EngineError> {
         let mut done = 0;
-        while done < self.shards || !self.pending.is_empty() {
+        while done < self.participants || !self.pending.is_empty() {
             let Ok(msg) = rx.recv() else {
                 return Err(EngineError::Failed(
                     "pipeline threads stopped before finishing".into(),
@@ -229,7 +241,9 @@ impl Committer {
             }
             counts[s.index()] += n;
             for sink in &mut self.sinks {
-                sink.write(epoch, s, &records.bufs[s.index()], n)?;
+                if sink.wants(s) {
+                    sink.write(epoch, s, &records.bufs[s.index()], n)?;
+                }
             }
         }
         let abandoned = &records.bufs[Stream::AbandonedCarts.index()];
@@ -306,7 +320,7 @@ impl Committer {
         let ready = self
             .pending
             .get(&id)
-            .is_some_and(|p| p.barrier.is_some() && p.snapshots.len() == self.shards);
+            .is_some_and(|p| p.barrier.is_some() && p.snapshots.len() == self.participants);
         if !ready {
             return Ok(());
         }

@@ -13,15 +13,29 @@ pub enum Stream {
     AbandonedCarts,
     LateEvents,
     DeadLetter,
+    /// Every deduplicated event in canonical JSON, with `"late":true` on late ones: the
+    /// history the archive keeps. Produced only when a sink wants it (it costs a copy of
+    /// the input).
+    Events,
+    /// Rule alerts from the analytics stage.
+    Alerts,
+    /// The current cart of every user whose cart changed in the epoch (empty `lines`: the
+    /// cart is gone), written at each checkpoint barrier: what a store serving "the cart
+    /// right now" upserts. Opt-in like `Events`.
+    Carts,
 }
 
 impl Stream {
-    pub const ALL: [Stream; 5] = [
+    pub const COUNT: usize = 8;
+    pub const ALL: [Stream; Stream::COUNT] = [
         Stream::UserWindows,
         Stream::GlobalWindows,
         Stream::AbandonedCarts,
         Stream::LateEvents,
         Stream::DeadLetter,
+        Stream::Events,
+        Stream::Alerts,
+        Stream::Carts,
     ];
 
     /// Directory (file sink) / table / topic suffix.
@@ -32,7 +46,15 @@ impl Stream {
             Stream::AbandonedCarts => "abandoned_carts",
             Stream::LateEvents => "late_events",
             Stream::DeadLetter => "dead_letter",
+            Stream::Events => "events",
+            Stream::Alerts => "alerts",
+            Stream::Carts => "carts",
         }
+    }
+
+    /// Streams produced only when a sink asks for them (`Sink::wants`).
+    pub fn opt_in(self) -> bool {
+        matches!(self, Stream::Events | Stream::Carts)
     }
 
     pub fn index(self) -> usize {
@@ -43,8 +65,8 @@ impl Stream {
 /// Per-stream byte buffers of newline-terminated JSON records.
 #[derive(Debug, Default)]
 pub struct Records {
-    pub bufs: [Vec<u8>; 5],
-    pub counts: [u64; 5],
+    pub bufs: [Vec<u8>; Stream::COUNT],
+    pub counts: [u64; Stream::COUNT],
 }
 
 impl Records {
@@ -159,6 +181,57 @@ pub fn abandoned(
     num(out, "abandoned_at", abandoned_at);
     num(out, "items", items);
     money(out, "value", value);
+    out.extend_from_slice(b",\"lines\":");
+    cart_lines(out, lines);
+    out.extend_from_slice(b"}\n");
+}
+
+/// Where a cleaned event's unit price came from when the event itself had none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PriceSource {
+    Event,
+    /// The price of the product's line in the user's cart.
+    Cart,
+    /// Nowhere: counted as zero (and in `cartpulse_missing_values_total`).
+    Missing,
+}
+
+/// An accepted event for the `events` stream: the event as the pipeline used it — quantity
+/// and unit price resolved (a remove without quantity removes the whole line), the cart's
+/// value on a checkout — so the batch layer can recompute every aggregate with plain SQL.
+pub fn event(
+    out: &mut Vec<u8>,
+    e: &CartEvent,
+    qty: Option<u32>,
+    price: Option<Money>,
+    price_source: PriceSource,
+    order_value: Option<Money>,
+    late: bool,
+) {
+    e.write_json_open(out, qty, price);
+    match price_source {
+        PriceSource::Event => {}
+        PriceSource::Cart => out.extend_from_slice(b",\"price_source\":\"cart\""),
+        PriceSource::Missing => out.extend_from_slice(b",\"price_source\":\"missing\""),
+    }
+    if let Some(v) = order_value {
+        money(out, "order_value", v);
+    }
+    if late {
+        out.extend_from_slice(b",\"late\":true");
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+/// A user's cart as it is now, for the `carts` stream.
+pub fn cart(out: &mut Vec<u8>, user: &str, lines: &[CartLine], last_activity: i64) {
+    out.extend_from_slice(b"{\"user_id\":");
+    write_json_str(out, user);
+    let items: u64 = lines.iter().map(|l| u64::from(l.qty)).sum();
+    let value = Money(lines.iter().map(|l| l.price.0 * i64::from(l.qty)).sum());
+    num(out, "items", items);
+    money(out, "value", value);
+    num(out, "last_activity", last_activity);
     out.extend_from_slice(b",\"lines\":");
     cart_lines(out, lines);
     out.extend_from_slice(b"}\n");

@@ -17,9 +17,12 @@ use crate::config::{ms, PipelineConfig};
 use crate::error::EngineError;
 use crate::live::{CartView, LiveState, Query, ShardStats};
 use crate::metrics::Metrics;
+use crate::operator::{OpBatch, OpRequest, Operator};
+use crate::output::Stream;
 use crate::shard::{ChunkEnd, Routed, Shard, ShardSettings, SubBatch};
 use crate::sink::Sink;
 use crate::source::{Poll, Source, SourceChunk};
+use crate::stage::Stage;
 use crate::state::KeyGroupState;
 use cartpulse_model::keys::{groups_of, key_group, key_hash, shard_of};
 use cartpulse_model::{DeadLetter, Decoder};
@@ -48,6 +51,8 @@ pub struct Pipeline {
     pub sinks: Vec<Box<dyn Sink>>,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<dyn Clock>,
+    /// The analytics stage's logic (rules, funnels, models), if any.
+    pub operator: Option<Box<dyn Operator>>,
 }
 
 impl Pipeline {
@@ -58,7 +63,14 @@ impl Pipeline {
             sinks,
             metrics: Arc::new(Metrics::new()),
             clock: Arc::new(SystemClock),
+            operator: None,
         }
+    }
+
+    /// Runs `op` as the analytics stage after the shards.
+    pub fn with_operator(mut self, op: Box<dyn Operator>) -> Self {
+        self.operator = Some(op);
+        self
     }
 
     /// Runs to the end of input.
@@ -74,6 +86,7 @@ impl Pipeline {
             mut sinks,
             metrics,
             clock,
+            mut operator,
         } = self;
         cfg.validate()?;
         let started = Instant::now();
@@ -114,6 +127,7 @@ impl Pipeline {
                     live,
                     queries: Vec::new(),
                     key_groups: cfg.key_groups,
+                    op_requests: None,
                 },
                 stop,
                 join: std::thread::spawn(move || Ok(summary)),
@@ -125,6 +139,14 @@ impl Pipeline {
                 groups = r.groups.len(),
                 "restoring state"
             );
+        }
+        if let (Some(op), Some(bytes)) = (
+            operator.as_mut(),
+            restored.as_ref().and_then(|r| r.operator.as_ref()),
+        ) {
+            op.restore(bytes).map_err(|why| {
+                EngineError::Failed(format!("cannot restore the analytics stage: {why}"))
+            })?;
         }
         source.open(restored.as_ref().map(|r| &r.meta.position))?;
         for s in &mut sinks {
@@ -138,7 +160,9 @@ impl Pipeline {
         let n = cfg.shards;
         let p = cfg.parsers();
         let kgs = cfg.key_groups;
-        let settings = ShardSettings::from_config(&cfg);
+        let mut settings = ShardSettings::from_config(&cfg);
+        settings.emit_events = sinks.iter().any(|s| s.wants(Stream::Events));
+        settings.emit_carts = sinks.iter().any(|s| s.wants(Stream::Carts));
         let (ctx, crx) = bounded::<ToCommitter>(n * 64);
         let (ack_tx, ack_rx) = bounded::<(u64, Value)>(1024);
 
@@ -161,13 +185,34 @@ impl Pipeline {
 
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         let mut queries = Vec::new();
+        let mut op_txs = Vec::new();
+        let mut op_rxs = Vec::new();
+        if operator.is_some() {
+            for _ in 0..n {
+                let (tx, rx) = bounded::<OpBatch>(cfg.channel_capacity.max(4));
+                op_txs.push(tx);
+                op_rxs.push(rx);
+            }
+        }
+        let op_requests = operator.take().map(|op| {
+            let (rtx, rrx) = bounded::<OpRequest>(64);
+            let stage = Stage {
+                id: n,
+                op,
+                snapshots: settings.snapshots,
+                tx: ctx.clone(),
+            };
+            let inputs = std::mem::take(&mut op_rxs);
+            threads.push(spawn("analytics".into(), move || stage.run(inputs, rrx)));
+            rtx
+        });
         for (s, inputs) in shard_inputs.into_iter().enumerate() {
             let range = groups_of(s as u32, kgs, n as u32);
             let owned: Vec<KeyGroupState> = range
                 .clone()
                 .map(|g| groups.remove(&g).unwrap_or_default())
                 .collect();
-            let shard = Shard::new(
+            let mut shard = Shard::new(
                 s,
                 settings.clone(),
                 range.start,
@@ -176,6 +221,9 @@ impl Pipeline {
                 ctx.clone(),
                 metrics.clone(),
             );
+            if let Some(tx) = op_txs.get(s) {
+                shard = shard.with_operator(tx.clone());
+            }
             let (qtx, qrx) = bounded::<Query>(64);
             queries.push(qtx);
             let recycle = event_bufs_tx.clone();
@@ -217,7 +265,8 @@ impl Pipeline {
         threads.push(spawn("reader".into(), move || reader.run()));
         drop(ctx);
 
-        let committer = Committer::new(
+        let with_stage = op_requests.is_some();
+        let mut committer = Committer::new(
             n,
             restored_id.map_or(1, |c| c + 1),
             source_max.saturating_sub(settings.bound),
@@ -231,6 +280,9 @@ impl Pipeline {
             clock,
             ack_tx,
         );
+        if with_stage {
+            committer = committer.with_stage();
+        }
         let join = std::thread::Builder::new()
             .name("committer".into())
             .spawn(move || {
@@ -251,6 +303,7 @@ impl Pipeline {
                 live,
                 queries,
                 key_groups: kgs,
+                op_requests,
             },
             stop,
             join,
@@ -279,6 +332,7 @@ pub struct Api {
     pub live: Arc<LiveState>,
     queries: Vec<Sender<Query>>,
     key_groups: u32,
+    op_requests: Option<Sender<OpRequest>>,
 }
 
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -305,6 +359,23 @@ impl Handle {
 }
 
 impl Api {
+    /// Asks the analytics stage (`None` when the pipeline has none or it does not answer in
+    /// time); see `Operator::request`.
+    pub fn analytics(&self, kind: &str, body: Value) -> Option<Result<Value, String>> {
+        let tx = self.op_requests.as_ref()?;
+        let (reply, rx) = bounded(1);
+        tx.send_timeout(
+            OpRequest {
+                kind: kind.to_string(),
+                body,
+                reply,
+            },
+            QUERY_TIMEOUT,
+        )
+        .ok()?;
+        rx.recv_timeout(QUERY_TIMEOUT).ok()
+    }
+
     pub fn cart(&self, user: &str) -> Option<CartView> {
         if self.queries.is_empty() {
             return None;
@@ -544,6 +615,7 @@ impl DecoderTask {
                             xxhash_rust::xxh3::xxh3_64_with_seed(ev.event_id.as_bytes(), user_hash);
                         subs[s].events.push(Routed {
                             kg,
+                            pos: (records - 1) as u32,
                             id_hash,
                             user_hash,
                             max_before: max_so_far,

@@ -11,6 +11,7 @@ use crate::committer::ToCommitter;
 use crate::config::{ms, PipelineConfig};
 use crate::live::{CartView, Query};
 use crate::metrics::Metrics;
+use crate::operator::{OpAbandoned, OpBatch, OpEvent, OpInput};
 use crate::output::{self, Records, Stream};
 use crate::state::{
     CartLine, Gauges, GlobalAgg, GlobalEntry, KeyGroupState, UserAgg, UserWindow, WindowBucket,
@@ -33,6 +34,9 @@ const DRAIN_SLICE: usize = 2048;
 /// One event routed to a shard.
 pub(crate) struct Routed {
     pub kg: u32,
+    /// Index of the record in its chunk: lets the analytics stage merge the shards' shares
+    /// back into input order.
+    pub pos: u32,
     /// Hash of the event id, computed on the decoder threads.
     pub id_hash: u64,
     /// Hash of the user id (exact distinct counts when global windows differ from user windows).
@@ -80,6 +84,10 @@ pub(crate) struct ShardSettings {
     /// Whether barriers carry state (only when a checkpoint store exists).
     pub snapshots: bool,
     pub track_latency: bool,
+    /// Some sink wants the `events` stream.
+    pub emit_events: bool,
+    /// Some sink wants the `carts` stream.
+    pub emit_carts: bool,
 }
 
 impl ShardSettings {
@@ -95,6 +103,8 @@ impl ShardSettings {
             same_windows: c.user_window == c.global_window && !c.user_window.is_session(),
             snapshots: c.checkpoint.dir.is_some(),
             track_latency: c.track_event_latency,
+            emit_events: false,
+            emit_carts: false,
         }
     }
 }
@@ -131,6 +141,13 @@ pub(crate) struct Shard {
     scratch: Vec<(i64, i64)>,
     fresh: Vec<bool>,
     partials: BTreeMap<(i64, i64), GlobalAgg>,
+    /// Users whose cart changed since the last barrier, by key group (`carts` stream).
+    changed_carts: hashbrown::HashSet<(u32, CompactString)>,
+    /// The analytics stage, when there is one, and this chunk's inputs for it.
+    op: Option<Sender<OpBatch>>,
+    op_items: Vec<(u32, OpInput)>,
+    /// Position (in its chunk) of the event being applied; `u32::MAX` at the chunk's end.
+    cur_pos: u32,
     tx: Sender<ToCommitter>,
     metrics: Arc<Metrics>,
 }
@@ -170,9 +187,19 @@ impl Shard {
             scratch: Vec::new(),
             fresh: Vec::new(),
             partials: BTreeMap::new(),
+            changed_carts: Default::default(),
+            op: None,
+            op_items: Vec::new(),
+            cur_pos: u32::MAX,
             tx,
             metrics,
         }
+    }
+
+    /// Feeds the analytics stage.
+    pub fn with_operator(mut self, op: Sender<OpBatch>) -> Shard {
+        self.op = Some(op);
+        self
     }
 
     /// The shard's loop: sub-batches strictly in chunk order (chunk `seq` comes from decoder
@@ -234,6 +261,7 @@ impl Shard {
         }
         for (r, &new) in sub.events.iter().zip(&fresh) {
             if new {
+                self.cur_pos = r.pos;
                 self.event(r);
             } else {
                 self.counts.duplicates += 1;
@@ -252,11 +280,15 @@ impl Shard {
             buf.push(b'\n');
         }
         self.source_max = self.source_max.max(sub.chunk_max);
+        self.cur_pos = u32::MAX;
         let n_events = sub.events.len();
         match sub.end {
             ChunkEnd::Flush => self.advance(i64::MAX, true),
             ChunkEnd::Stop => {}
             ChunkEnd::No => self.advance(self.source_max.saturating_sub(self.set.bound), true),
+        }
+        if self.set.emit_carts && (sub.barrier.is_some() || sub.end != ChunkEnd::No) {
+            self.write_changed_carts();
         }
         // a snapshot holds no half-written window: everything is out before a barrier
         let budget = if sub.barrier.is_some() || sub.end != ChunkEnd::No {
@@ -277,6 +309,16 @@ impl Shard {
         self.metrics
             .processing_latency
             .observe(sub.read_at.elapsed().as_secs_f64());
+        if let Some(op) = &self.op {
+            let batch = OpBatch {
+                seq: sub.seq,
+                items: std::mem::take(&mut self.op_items),
+                barrier: sub.barrier,
+                end: sub.end,
+            };
+            op.send(batch)
+                .map_err(|_| "analytics stage stopped".to_string())?;
+        }
         if let Some(id) = sub.barrier {
             let groups = if !self.set.snapshots {
                 Vec::new()
@@ -299,6 +341,21 @@ impl Shard {
             })?;
         }
         Ok(())
+    }
+
+    /// The `carts` stream: each changed cart once per epoch, as it is at the barrier.
+    fn write_changed_carts(&mut self) {
+        let mut changed: Vec<_> = self.changed_carts.drain().collect();
+        // a stable order, so a replay writes byte-identical output
+        changed.sort_unstable();
+        for (kg, user) in changed {
+            let st = &self.groups[(kg - self.first_group) as usize];
+            let out = self.out.begin(Stream::Carts);
+            match st.users.get(user.as_str()) {
+                Some(u) => output::cart(out, &user, &u.lines, u.last_ts),
+                None => output::cart(out, &user, &[], 0),
+            }
+        }
     }
 
     /// Writes up to `budget` records of closed windows, oldest window first.
@@ -466,14 +523,14 @@ impl Shard {
         // the line's price and quantity before this event (plain copies, no clone)
         let line_now =
             line_idx.and_then(|i| user.as_ref().map(|u| (u.lines[i].price, u.lines[i].qty)));
-        let price = match (ev.price, line_now) {
-            (Some(p), _) => p,
-            (None, Some((p, _))) => p,
+        let (price, price_source) = match (ev.price, line_now) {
+            (Some(p), _) => (p, output::PriceSource::Event),
+            (None, Some((p, _))) => (p, output::PriceSource::Cart),
             (None, None) => {
                 if matches!(ev.action, Action::Add | Action::Remove | Action::UpdateQty) {
                     self.counts.missing_price += 1;
                 }
-                Money::ZERO
+                (Money::ZERO, output::PriceSource::Missing)
             }
         };
         let mut delta = UserAgg {
@@ -499,6 +556,28 @@ impl Shard {
         }
 
         let late = is_late(&set.user_window, ev.ts, set.lateness, wm_e);
+        let checkout_value = match (&user, ev.action) {
+            (Some(u), Action::Checkout) => u.value(),
+            _ => Money::ZERO,
+        };
+        if set.emit_events {
+            let (qty, price, source) = match ev.action {
+                Action::Add => (Some(delta.qty_added as u32), Some(price), price_source),
+                Action::Remove => (Some(delta.qty_removed as u32), Some(price), price_source),
+                Action::UpdateQty => (ev.qty, Some(price), price_source),
+                Action::View | Action::Checkout => (ev.qty, ev.price, output::PriceSource::Event),
+            };
+            let order_value = (ev.action == Action::Checkout).then_some(checkout_value);
+            output::event(
+                self.out.begin(Stream::Events),
+                ev,
+                qty,
+                price,
+                source,
+                order_value,
+                late,
+            );
+        }
         if late {
             self.counts.late += 1;
             output::late_event(self.out.begin(Stream::LateEvents), ev, wm_e);
@@ -598,10 +677,6 @@ impl Shard {
                 let scratch = &mut self.scratch;
                 set.global_window.assign(ev.ts, |s, e| scratch.push((s, e)));
             }
-            let checkout_value = match (&user, ev.action) {
-                (Some(u), Action::Checkout) => u.value(),
-                _ => Money::ZERO,
-            };
             for &(s, e) in self.scratch.iter() {
                 if e + set.lateness <= wm_e {
                     continue;
@@ -624,9 +699,31 @@ impl Shard {
         }
 
         // cart state follows every event, late or not: a late add is still in the cart
+        let (qty, applied_price) = match ev.action {
+            Action::Add => (delta.qty_added as u32, price),
+            Action::Remove => (delta.qty_removed as u32, price),
+            _ => (ev.qty.unwrap_or(0), price),
+        };
         let Some(user) = user else {
             if ev.action == Action::Remove {
                 self.counts.missing_line += 1;
+            }
+            if self.op.is_some() {
+                self.op_items.push((
+                    self.cur_pos,
+                    OpInput::Event(Box::new(OpEvent {
+                        ev: ev.clone(),
+                        late,
+                        qty,
+                        price: applied_price,
+                        cart_items: 0,
+                        cart_value: Money::ZERO,
+                        cart_lines: 0,
+                        line_qty: 0,
+                        order_value: checkout_value,
+                        orders: 0,
+                    })),
+                ));
             }
             return;
         };
@@ -711,6 +808,9 @@ impl Shard {
                 user.orders += 1;
             }
         }
+        if set.emit_carts && ev.action != Action::View {
+            self.changed_carts.insert((kg, ev.user_id.clone()));
+        }
         if !user.lines.is_empty() {
             self.gauges.active_carts += 1;
             self.gauges.items_in_carts += user.items() as i64;
@@ -719,6 +819,28 @@ impl Shard {
         user.last_ts = user.last_ts.max(ev.ts);
         if ev.session_id.is_some() && user.session_id != ev.session_id {
             user.session_id.clone_from(&ev.session_id);
+        }
+        if self.op.is_some() {
+            let line_qty = ev
+                .sku
+                .as_ref()
+                .and_then(|sku| user.lines.iter().find(|l| l.sku == *sku))
+                .map_or(0, |l| l.qty);
+            self.op_items.push((
+                self.cur_pos,
+                OpInput::Event(Box::new(OpEvent {
+                    ev: ev.clone(),
+                    late,
+                    qty,
+                    price: applied_price,
+                    cart_items: user.items(),
+                    cart_value: user.value(),
+                    cart_lines: user.lines.len() as u32,
+                    line_qty,
+                    order_value: checkout_value,
+                    orders: user.orders,
+                })),
+            ));
         }
         if user.lines.is_empty() {
             user.abandon_at = None;
@@ -801,7 +923,11 @@ impl Shard {
                     break;
                 }
                 for u in entry.remove() {
-                    fire_user(st, &u, wm, set, &mut self.out, &mut self.alarms, kg);
+                    let op = self
+                        .op
+                        .is_some()
+                        .then_some((&mut self.op_items, self.cur_pos));
+                    fire_user(st, &u, wm, set, &mut self.out, &mut self.alarms, kg, op);
                 }
             }
             while let Some((_, g)) = st.global.first_key_value() {
@@ -922,6 +1048,7 @@ fn add_timer(
 }
 
 /// Session windows and the abandonment timer of one user.
+#[allow(clippy::too_many_arguments)]
 fn fire_user(
     st: &mut KeyGroupState,
     user: &CompactString,
@@ -930,6 +1057,7 @@ fn fire_user(
     out: &mut Records,
     alarms: &mut BinaryHeap<Reverse<(i64, u32)>>,
     kg: u32,
+    op: Option<(&mut Vec<(u32, OpInput)>, u32)>,
 ) {
     if let Some(ws) = st.sessions.get_mut(user.as_str()) {
         for w in ws.iter_mut() {
@@ -969,6 +1097,20 @@ fn fire_user(
                 u.items(),
                 u.value(),
             );
+            if let Some((items, pos)) = op {
+                items.push((
+                    pos,
+                    OpInput::Abandoned(Box::new(OpAbandoned {
+                        user_id: user.clone(),
+                        session_id: u.session_id.clone(),
+                        last_activity: u.last_ts,
+                        abandoned_at: at,
+                        items: u.items(),
+                        value: u.value(),
+                        lines: u.lines.to_vec(),
+                    })),
+                ));
+            }
             u.abandon_at = None;
         }
         // the deadline moved on since the timer was set: follow it

@@ -32,6 +32,12 @@ pub trait Sink: Send {
         count: u64,
     ) -> Result<(), SinkError>;
 
+    /// Whether this sink takes `stream`. The opt-in streams (`events`, a copy of the input,
+    /// and `carts`) are produced only when some sink wants them.
+    fn wants(&self, stream: Stream) -> bool {
+        !stream.opt_in()
+    }
+
     fn pre_commit(&mut self, epoch: u64) -> Result<(), SinkError>;
 
     fn commit(&mut self, epoch: u64) -> Result<(), SinkError>;

@@ -83,6 +83,13 @@ pub struct CartEvent {
 impl CartEvent {
     /// Writes the canonical JSON line form (without newline); the decoder reads it back.
     pub fn write_json(&self, out: &mut Vec<u8>) {
+        self.write_json_open(out, self.qty, self.price);
+        out.push(b'}');
+    }
+
+    /// The canonical form with `qty` and `price` replaced (a cleaned event carries the values
+    /// the pipeline used), left open so the caller can append fields and the closing brace.
+    pub fn write_json_open(&self, out: &mut Vec<u8>, qty: Option<u32>, price: Option<Money>) {
         out.extend_from_slice(b"{\"event_id\":");
         write_json_str(out, &self.event_id);
         out.extend_from_slice(b",\"ts\":");
@@ -94,11 +101,11 @@ impl CartEvent {
         out.extend_from_slice(self.action.as_str().as_bytes());
         out.push(b'"');
         opt_str(out, "sku", &self.sku);
-        if let Some(q) = self.qty {
+        if let Some(q) = qty {
             out.extend_from_slice(b",\"qty\":");
             out.extend_from_slice(itoa::Buffer::new().format(q).as_bytes());
         }
-        if let Some(p) = self.price {
+        if let Some(p) = price {
             out.extend_from_slice(b",\"price\":");
             p.write_json(out);
         }
@@ -107,7 +114,6 @@ impl CartEvent {
         opt_str(out, "ip", &self.ip);
         opt_str(out, "order_id", &self.order_id);
         opt_str(out, "currency", &self.currency);
-        out.push(b'}');
     }
 
     pub fn to_json_string(&self) -> String {

@@ -5,13 +5,14 @@
 //! owning shard through its query channel (on a blocking thread, so the async runtime never
 //! waits on a shard), and global figures come from the committer's published view.
 
+mod analytics;
 mod auth;
 mod stream;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use cartpulse_engine::Api;
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,9 @@ pub struct ServeOptions {
     pub token: Option<String>,
     /// Largest request body accepted, bytes.
     pub max_body_bytes: Option<usize>,
+    /// Separate bearer token for admin endpoints (`/api/admin/*`, e.g. reloading rules);
+    /// without one they take `token`. `CARTPULSE_ADMIN_TOKEN` overrides it.
+    pub admin_token: Option<String>,
 }
 
 #[derive(Clone)]
@@ -48,8 +52,19 @@ pub fn router(api: Api, opts: &ServeOptions) -> Router {
         .route("/api/windows", get(windows))
         .route("/api/state", get(state_stats))
         .route("/metrics", get(prometheus))
+        .route("/api/alerts", get(analytics::alerts))
+        .route("/api/rules", get(analytics::rules))
+        .route("/api/funnel", get(analytics::funnel))
+        .route("/api/retention", get(analytics::retention))
+        .route("/api/products/low-stock", get(analytics::low_stock))
         .layer(axum::middleware::from_fn_with_state(
             opts.token.clone(),
+            auth::require_token,
+        ));
+    let admin = Router::new()
+        .route("/api/admin/rules", post(analytics::reload_rules))
+        .layer(axum::middleware::from_fn_with_state(
+            opts.admin_token.clone().or_else(|| opts.token.clone()),
             auth::require_token,
         ));
     // The dashboard page itself is static and holds no data; it must load without an
@@ -60,6 +75,7 @@ pub fn router(api: Api, opts: &ServeOptions) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .merge(protected)
+        .merge(admin)
         .layer(axum::extract::DefaultBodyLimit::max(
             opts.max_body_bytes.unwrap_or(1 << 20),
         ))
@@ -76,6 +92,11 @@ pub async fn serve(
     if let Ok(t) = std::env::var("CARTPULSE_API_TOKEN") {
         if !t.is_empty() {
             opts.token = Some(t);
+        }
+    }
+    if let Ok(t) = std::env::var("CARTPULSE_ADMIN_TOKEN") {
+        if !t.is_empty() {
+            opts.admin_token = Some(t);
         }
     }
     auth::check_exposure(addr, &opts)
@@ -158,7 +179,7 @@ async fn cart(State(st): State<AppState>, Path(user): Path<String>) -> Response 
     }
 }
 
-fn internal() -> Response {
+pub(crate) fn internal() -> Response {
     (
         StatusCode::INTERNAL_SERVER_ERROR,
         Json(json!({"error": "internal error"})),

@@ -44,9 +44,17 @@ impl JsonlDirSink {
     pub fn new(dir: &Path) -> JsonlDirSink {
         JsonlDirSink {
             dir: dir.to_path_buf(),
-            streams: Stream::ALL.to_vec(),
+            streams: Stream::ALL.into_iter().filter(|s| !s.opt_in()).collect(),
             open: BTreeMap::new(),
         }
+    }
+
+    /// Also take the opt-in stream `s` (`events`, `carts`).
+    pub fn with_stream(mut self, s: Stream, on: bool) -> JsonlDirSink {
+        if on && !self.streams.contains(&s) {
+            self.streams.push(s);
+        }
+        self
     }
 
     fn err(&self, what: &str, path: &Path, e: std::io::Error) -> SinkError {
@@ -74,6 +82,10 @@ impl JsonlDirSink {
 impl Sink for JsonlDirSink {
     fn name(&self) -> &str {
         "jsonl"
+    }
+
+    fn wants(&self, stream: Stream) -> bool {
+        self.streams.contains(&stream)
     }
 
     fn recover(&mut self, committed: Option<u64>) -> Result<(), SinkError> {
@@ -128,7 +140,7 @@ impl Sink for JsonlDirSink {
     fn pre_commit(&mut self, epoch: u64) -> Result<(), SinkError> {
         let keys: Vec<_> = self
             .open
-            .range((epoch, Stream::ALL[0])..=(epoch, Stream::ALL[4]))
+            .range((epoch, Stream::ALL[0])..=(epoch, Stream::ALL[Stream::COUNT - 1]))
             .map(|(k, _)| *k)
             .collect();
         for key in keys {

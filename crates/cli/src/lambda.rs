@@ -1,0 +1,112 @@
+//! `cartpulse batch` (recompute the batch views from the Parquet archive) and
+//! `cartpulse verify` (reconcile the speed layer's windows with them).
+
+use anyhow::{bail, Context, Result};
+use cartpulse_batch::{run_batch, verify, BatchConfig, BatchJob};
+use cartpulse_engine::PipelineConfig;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args)]
+pub struct BatchArgs {
+    /// Archive root written by the `parquet` sink.
+    #[arg(long)]
+    archive: PathBuf,
+    /// Where the views go (kept between runs: only what changed is recomputed).
+    #[arg(long)]
+    out: PathBuf,
+    /// The pipeline's config file: windows from `[pipeline]`, settings from `[batch]`;
+    /// other sections are ignored, so `run`'s file works as is.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The input has ended: every partition counts as complete (a replayed file), instead
+    /// of only those the archive has closed.
+    #[arg(long)]
+    complete: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// The JSONL sink's directory (`<dir>/user_windows/part-*.jsonl`, `global_windows/…`).
+    #[arg(long)]
+    speed: PathBuf,
+    /// `cartpulse batch`'s output directory.
+    #[arg(long)]
+    batch: PathBuf,
+    /// Differences listed per kind and stream.
+    #[arg(long, default_value_t = 20)]
+    show: usize,
+}
+
+/// The `[pipeline]` and `[batch]` sections of a config file.
+fn load(path: &Path) -> Result<(PipelineConfig, BatchConfig)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut doc: toml::Table = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+    let section = |doc: &mut toml::Table, k: &str| {
+        doc.remove(k)
+            .unwrap_or(toml::Value::Table(Default::default()))
+    };
+    let p: PipelineConfig = section(&mut doc, "pipeline")
+        .try_into()
+        .map_err(|e| anyhow::anyhow!("config file {}: [pipeline] {e}", path.display()))?;
+    p.validate()
+        .map_err(|e| anyhow::anyhow!("config file {}: [pipeline] {e}", path.display()))?;
+    let b: BatchConfig = section(&mut doc, "batch")
+        .try_into()
+        .map_err(|e| anyhow::anyhow!("config file {}: [batch] {e}", path.display()))?;
+    b.validate()
+        .map_err(|e| anyhow::anyhow!("config file {}: [batch] {e}", path.display()))?;
+    Ok((p, b))
+}
+
+pub fn batch(a: BatchArgs) -> Result<()> {
+    let (pipeline, cfg) = match &a.config {
+        Some(p) => load(p)?,
+        None => (PipelineConfig::default(), BatchConfig::default()),
+    };
+    if !a.archive.is_dir() {
+        bail!("--archive {}: not a directory", a.archive.display());
+    }
+    let mut job = BatchJob::new(&a.archive, &a.out, &pipeline);
+    job.config = cfg;
+    job.complete = a.complete;
+    job.quiet = a.quiet;
+    let r = run_batch(&job)?;
+    let horizon = r.horizon_ms.map_or("none".to_string(), rfc3339);
+    eprintln!(
+        "batch: {} archive files ({} new), {} {} recomputed{}, horizon {horizon}, {:.2}s",
+        r.archive_files,
+        r.new_files,
+        r.days.len(),
+        if r.days.len() == 1 { "day" } else { "days" },
+        if r.full { " (full rebuild)" } else { "" },
+        r.elapsed.as_secs_f64()
+    );
+    for (view, rows) in &r.rows {
+        eprintln!("  {view}: {rows} rows");
+    }
+    Ok(())
+}
+
+fn rfc3339(ms: i64) -> String {
+    humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64),
+    )
+    .to_string()
+}
+
+pub fn verify_cmd(a: VerifyArgs) -> Result<()> {
+    let r = verify(&a.speed, &a.batch)?;
+    print!("{}", r.render(a.show));
+    if !r.ok() {
+        bail!("the speed layer and the batch views differ");
+    }
+    if r.streams.iter().all(|s| s.compared == 0) {
+        bail!("nothing to compare: no window ends before the batch horizon");
+    }
+    Ok(())
+}
