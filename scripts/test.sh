@@ -14,6 +14,6 @@ if [ -x scripts/services.sh ]; then
   scripts/services.sh
 fi
 
-# Release profile: the end-to-end tests drive the real binary over hundreds of thousands
-# of events, which debug builds make needlessly slow.
-cargo nextest run --workspace --release --no-fail-fast "$@"
+# The `ci` profile (Cargo.toml): optimised, since the end-to-end tests drive the real binary
+# over hundreds of thousands of events, but without the release profile's LTO.
+cargo nextest run --workspace --cargo-profile ci --no-fail-fast "$@"

@@ -4,13 +4,16 @@
 //! * [`rules`] turns frequent itemsets into association rules (support, confidence, lift);
 //! * [`baskets`] reads the offline basket file format (one basket per line, comma-separated);
 //! * [`recommend`] keeps live co-occurrence counts and combines them with mined rules into
-//!   recommendations for the items a shopper holds.
+//!   recommendations for the items a shopper holds;
+//! * [`intent`] scores open carts for purchase intent (online logistic regression);
+//! * [`live`] is the streaming analytics stage that runs all of it inside the pipeline.
 //!
 //! Items are dense `u32` ids everywhere: the offline path interns names in [`baskets`], the
 //! live path in [`recommend::Recommender`].
 
 pub mod baskets;
 pub mod fpgrowth;
+pub mod intent;
 pub mod live;
 pub mod recommend;
 pub mod rules;

@@ -18,7 +18,7 @@ pub struct Recommendation {
     pub evidence: String,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecommenderConfig {
     /// Partners whose co-occurrence is tracked per item.
     pub max_partners: usize,
@@ -37,7 +37,7 @@ impl Default for RecommenderConfig {
 }
 
 /// A co-occurrence counter with room for `max_partners`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Partner {
     item: u32,
     count: u64,
@@ -46,7 +46,7 @@ struct Partner {
 }
 
 /// A rule with one consequent item, in the recommender's own ids.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredRule {
     antecedent: Vec<u32>,
     consequent: u32,
@@ -55,7 +55,7 @@ struct StoredRule {
 }
 
 /// Live item and pair counts plus mined rules.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Recommender {
     config: RecommenderConfig,
     names: Vec<String>,
@@ -262,6 +262,55 @@ impl Recommender {
     fn name(&self, id: u32) -> &str {
         &self.names[id as usize]
     }
+}
+
+/// Reads association rules as `cartpulse fpgrowth` writes them (`rules.jsonl`: one
+/// `{"antecedent": [..], "consequent": [..], "support", "confidence", "lift"}` per line) into
+/// rules over the returned item names.
+pub fn parse_rules_jsonl(text: &str) -> Result<(Vec<Rule>, Vec<String>), String> {
+    #[derive(Deserialize)]
+    struct Line {
+        antecedent: Vec<String>,
+        consequent: Vec<String>,
+        #[serde(default)]
+        support: f64,
+        confidence: f64,
+        lift: f64,
+    }
+    let mut names: Vec<String> = Vec::new();
+    let mut ids: HashMap<String, u32> = HashMap::new();
+    let mut intern = |n: String| -> u32 {
+        *ids.entry(n.clone()).or_insert_with(|| {
+            names.push(n);
+            (names.len() - 1) as u32
+        })
+    };
+    let mut rules = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let l: Line = serde_json::from_str(line).map_err(|e| format!("line {}: {e}", i + 1))?;
+        if l.antecedent.is_empty() || l.consequent.is_empty() {
+            return Err(format!(
+                "line {}: antecedent and consequent must not be empty",
+                i + 1
+            ));
+        }
+        let mut antecedent: Vec<u32> = l.antecedent.into_iter().map(&mut intern).collect();
+        let mut consequent: Vec<u32> = l.consequent.into_iter().map(&mut intern).collect();
+        antecedent.sort_unstable();
+        consequent.sort_unstable();
+        rules.push(Rule {
+            antecedent,
+            consequent,
+            count: 0,
+            support: l.support,
+            confidence: l.confidence,
+            lift: l.lift,
+        });
+    }
+    Ok((rules, names))
 }
 
 #[cfg(test)]

@@ -142,14 +142,16 @@ fn prometheus_scrapes_the_demo_and_evaluates_the_alert_rules() {
         every,
         || {
             let r = prom.query("rate(cartpulse_events_decoded_total[10s])")?;
+            // the first samples straddle the start-up, so the rate climbs towards the
+            // demo's 2000 events/s: wait until it is within an order of magnitude
             match single_value(&r) {
-                Some(v) if v > 0.0 => Ok(v),
+                Some(v) if v >= 200.0 => Ok(v),
                 _ => Err(format!("{r:?}")),
             }
         },
     );
-    // the demo generates 2000 events/s; a rate within an order of magnitude shows the
-    // counter moves as it should (a 2-core machine running other tests may be slower)
+    // a rate within an order of magnitude of the demo's shows the counter moves as it
+    // should (a 2-core machine running other tests may be slower)
     assert!(
         (200.0..20_000.0).contains(&rate),
         "events/s as Prometheus sees it: {rate}"

@@ -808,7 +808,9 @@ impl Shard {
                 user.orders += 1;
             }
         }
-        if set.emit_carts && ev.action != Action::View {
+        // a view moves `last_activity` too: skipping it would make the record depend
+        // on where the barriers fell, and a replay after a crash would differ
+        if set.emit_carts {
             self.changed_carts.insert((kg, ev.user_id.clone()));
         }
         if !user.lines.is_empty() {

@@ -49,7 +49,8 @@ pub struct GenConfig {
     pub click_farm_rate: f64,
     /// Fraction of users that are bots.
     pub bot_rate: f64,
-    /// Probability that a normal shopping session ends in a checkout.
+    /// Probability that a normal shopping session ends in a checkout, on average over
+    /// users: each user's own rate is this times 0.25, 0.75, 1.25 or 1.75 (fixed per user).
     pub checkout_rate: f64,
     /// Zipf exponent of product popularity.
     pub zipf_exponent: f64,

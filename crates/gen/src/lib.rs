@@ -94,6 +94,10 @@ impl GenStats {
 pub struct GroundTruth {
     pub seed: u64,
     pub hoarders: Vec<String>,
+    /// The hoarders that have put a hoarding quantity in a cart so far: the ones whose
+    /// behaviour shows it (the others only browsed or bought normal amounts).
+    #[serde(default)]
+    pub hoarders_active: Vec<String>,
     /// All click-farm accounts, flattened from `click_farms`.
     pub click_farmers: Vec<String>,
     pub bots: Vec<String>,
@@ -334,7 +338,12 @@ impl Generator {
                 continue;
             }
             match a.kind {
-                ActorKind::Hoarder => gt.hoarders.extend(ids),
+                ActorKind::Hoarder => {
+                    if a.hoarded {
+                        gt.hoarders_active.extend(ids.iter().cloned());
+                    }
+                    gt.hoarders.extend(ids)
+                }
                 ActorKind::Bot => gt.bots.extend(ids),
                 ActorKind::Farm => {
                     gt.click_farmers.extend(ids.iter().cloned());

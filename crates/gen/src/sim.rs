@@ -94,6 +94,8 @@ pub(crate) struct Actor {
     pub targets: Vec<u32>,
     mean_gap_ms: f64,
     active: u32,
+    /// A hoarder that has put a hoarding quantity in a cart (not just looked around).
+    pub hoarded: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,6 +204,13 @@ pub(crate) fn geom(rng: &mut SmallRng, p: f64) -> u64 {
 /// Think time between a human's clicks: mostly seconds, sometimes a minute
 /// or two of reading reviews, never more than three minutes.
 #[inline]
+/// A user's fixed propensity to buy, relative to `checkout_rate` (mean 1): some customers
+/// buy most times they shop, others rarely. From the user's number, so no draw is spent.
+fn propensity(user: u32) -> f64 {
+    let h = (u64::from(user) ^ 0x9e37_79b9).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 62;
+    0.25 + 0.5 * h as f64
+}
+
 fn human_gap(rng: &mut SmallRng) -> i64 {
     let g = if rng.gen::<f64>() < 0.8 {
         1000.0 + exp_sample(rng, 9000.0)
@@ -343,6 +352,7 @@ impl Sim {
                 targets: Vec::new(),
                 mean_gap_ms: gap(HOARDER_GAP_FACTOR),
                 active: 0,
+                hoarded: false,
             });
         }
         for g in 0..groups {
@@ -368,6 +378,7 @@ impl Sim {
                 targets,
                 mean_gap_ms: gap(FARM_GAP_FACTOR),
                 active: 0,
+                hoarded: false,
             });
         }
         for &u in bots {
@@ -379,6 +390,7 @@ impl Sim {
                 targets: Vec::new(),
                 mean_gap_ms: gap(BOT_GAP_FACTOR),
                 active: 0,
+                hoarded: false,
             });
         }
 
@@ -551,7 +563,7 @@ impl Sim {
             s.steps_left = 1 + geom(&mut self.rng, BROWSE_STOP).min(200) as u32;
         } else {
             s.steps_left = SHOP_MIN + geom(&mut self.rng, SHOP_STOP).min(200) as u32;
-            s.checkout = self.rng.gen::<f64>() < self.checkout_rate;
+            s.checkout = self.rng.gen::<f64>() < self.checkout_rate * propensity(user);
         }
         self.start(s, ts);
     }
@@ -837,7 +849,10 @@ impl Sim {
         s.steps_left -= 1;
         let user = s.user;
         let force_add = s.steps_left == 0 && !s.added;
-        let ev = if s.viewed != NONE && (force_add || self.rng.gen::<f64>() < 0.45) {
+        // Intent shows: a shopper who will buy puts more of what they look at in the cart
+        // and takes less out (what the purchase-intent model learns from).
+        let (p_add, p_remove) = if s.checkout { (0.6, 0.03) } else { (0.3, 0.09) };
+        let ev = if s.viewed != NONE && (force_add || self.rng.gen::<f64>() < p_add) {
             let (p, q) = (s.viewed, human_qty(&mut self.rng));
             self.cart_add(user, p, q);
             s.added = true;
@@ -848,7 +863,7 @@ impl Sim {
             // a cache miss, and most steps are views.
             let r = self.rng.gen::<f64>();
             let in_cart = r < 0.13 && !self.carts[user as usize].is_empty();
-            if in_cart && r < 0.07 {
+            if in_cart && r < p_remove {
                 let (p, q) = self.remove_random(user, 0.75);
                 self.event(s, ts, Action::Remove, p, q)
             } else if in_cart && r < 0.13 {
@@ -897,6 +912,7 @@ impl Sim {
         let ev = if s.viewed != NONE && (force_add || self.rng.gen::<f64>() < 0.6) {
             let p = s.viewed;
             let q = if self.rng.gen::<f64>() < 0.8 {
+                self.actors[s.actor as usize].hoarded = true;
                 self.hoard_qty(p)
             } else {
                 human_qty(&mut self.rng)

@@ -55,3 +55,43 @@ pub async fn low_stock(State(st): State<AppState>, Query(q): Query<Limit>) -> Re
 pub async fn reload_rules(State(st): State<AppState>, body: String) -> Response {
     ask(&st, "reload_rules", json!({ "toml": body })).await
 }
+
+#[derive(Deserialize)]
+pub struct IntentQuery {
+    user_id: Option<String>,
+    limit: Option<u64>,
+}
+
+/// `GET /api/intent`: the model, its held-out AUC beside a constant predictor's, and the
+/// open carts of highest value with their scores; `?user_id=` for one user's score and
+/// features.
+pub async fn intent(State(st): State<AppState>, Query(q): Query<IntentQuery>) -> Response {
+    let mut body = json!({ "limit": q.limit.unwrap_or(20).min(1000) });
+    if let Some(u) = q.user_id {
+        body["user_id"] = json!(u);
+    }
+    ask(&st, "intent", body).await
+}
+
+#[derive(Deserialize)]
+pub struct RecommendQuery {
+    user_id: Option<String>,
+    skus: Option<String>,
+    limit: Option<u64>,
+}
+
+/// `GET /api/recommendations?user_id=…` (the products in the user's cart) or `?skus=a,b`:
+/// the top products with the rule or co-occurrence behind each.
+pub async fn recommendations(
+    State(st): State<AppState>,
+    Query(q): Query<RecommendQuery>,
+) -> Response {
+    let mut body = json!({ "limit": q.limit.unwrap_or(5).min(100) });
+    if let Some(u) = q.user_id {
+        body["user_id"] = json!(u);
+    }
+    if let Some(s) = q.skus {
+        body["skus"] = json!(s);
+    }
+    ask(&st, "recommendations", body).await
+}

@@ -57,6 +57,8 @@ pub fn router(api: Api, opts: &ServeOptions) -> Router {
         .route("/api/funnel", get(analytics::funnel))
         .route("/api/retention", get(analytics::retention))
         .route("/api/products/low-stock", get(analytics::low_stock))
+        .route("/api/intent", get(analytics::intent))
+        .route("/api/recommendations", get(analytics::recommendations))
         .layer(axum::middleware::from_fn_with_state(
             opts.token.clone(),
             auth::require_token,

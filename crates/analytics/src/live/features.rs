@@ -27,7 +27,7 @@ pub enum FeatureKey {
 }
 
 impl FeatureKey {
-    fn of<'a>(self, ev: &'a CartEvent) -> Option<&'a str> {
+    fn of(self, ev: &CartEvent) -> Option<&str> {
         match self {
             FeatureKey::User => Some(&ev.user_id),
             FeatureKey::Session => ev.session_id.as_deref(),

@@ -12,6 +12,8 @@ pub mod funnel;
 pub mod pack;
 pub mod rules;
 
+use crate::intent::{Intent, IntentConfig, Observed};
+use crate::recommend::{Recommender, RecommenderConfig};
 use cartpulse_engine::{OpAbandoned, OpEvent, OpInput, Operator, Records, Stream};
 use cartpulse_model::{write_json_str, Action, Money};
 use catalog::Catalog;
@@ -46,6 +48,35 @@ pub struct AnalyticsConfig {
     pub funnel_days: u32,
     /// Latest alerts kept for the API and dashboard.
     pub recent_alerts: usize,
+    /// Purchase-intent model (`crate::intent`).
+    pub intent: IntentConfig,
+    pub recommend: RecommendConfig,
+}
+
+/// `[analytics.recommend]`: recommendations from checked-out baskets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecommendConfig {
+    pub enabled: bool,
+    /// Co-occurring products tracked per product.
+    pub max_partners: usize,
+    /// Pairs bought together fewer times than this are not cited.
+    pub min_together: u64,
+    /// Mined association rules (`rules.jsonl` as `cartpulse fpgrowth` or `cartpulse batch`
+    /// writes them), used beside the live co-occurrence counts.
+    pub rules: Option<PathBuf>,
+}
+
+impl Default for RecommendConfig {
+    fn default() -> Self {
+        let r = RecommenderConfig::default();
+        RecommendConfig {
+            enabled: true,
+            max_partners: r.max_partners,
+            min_together: r.min_together,
+            rules: None,
+        }
+    }
 }
 
 impl Default for AnalyticsConfig {
@@ -60,6 +91,8 @@ impl Default for AnalyticsConfig {
             price_alerts: PriceAlertConfig::default(),
             funnel_days: 35,
             recent_alerts: 200,
+            intent: IntentConfig::default(),
+            recommend: RecommendConfig::default(),
         }
     }
 }
@@ -113,6 +146,8 @@ pub enum AnalyticsError {
     ShadowedVariable(String),
     #[error("{0}")]
     Catalog(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Everything that changes when rules are reloaded.
@@ -235,6 +270,8 @@ struct State {
     recent: VecDeque<String>,
     fired: HashMap<String, u64>,
     now: i64,
+    intent: Intent,
+    recommender: Recommender,
 }
 
 /// The analytics stage.
@@ -265,6 +302,23 @@ impl CartAnalytics {
             None => Catalog::default(),
         };
         let vals = vec![Value::Null; compiled.table.len()];
+        let mut intent = Intent::default();
+        if let Some(p) = &cfg.intent.model {
+            intent.load_weights(p).map_err(AnalyticsError::Config)?;
+        }
+        let mut recommender = Recommender::new(RecommenderConfig {
+            max_partners: cfg.recommend.max_partners,
+            min_together: cfg.recommend.min_together,
+        });
+        if let Some(p) = &cfg.recommend.rules {
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                AnalyticsError::Config(format!("analytics.recommend.rules: {}: {e}", p.display()))
+            })?;
+            let (rules, names) = crate::recommend::parse_rules_jsonl(&text).map_err(|e| {
+                AnalyticsError::Config(format!("analytics.recommend.rules: {}: {e}", p.display()))
+            })?;
+            recommender.set_rules(&rules, &names);
+        }
         Ok(CartAnalytics {
             st: State {
                 features: features.into_iter().map(Feature::new).collect(),
@@ -278,6 +332,8 @@ impl CartAnalytics {
                 recent: VecDeque::new(),
                 fired: HashMap::new(),
                 now: i64::MIN,
+                intent,
+                recommender,
             },
             cfg,
             file,
@@ -478,6 +534,25 @@ impl CartAnalytics {
         self.st
             .funnel
             .observe(&ev.user_id, ev.ts, ev.action, category);
+        if ev.action == Action::Checkout && self.cfg.recommend.enabled {
+            if let Some(basket) = self.st.user_skus.get(ev.user_id.as_str()) {
+                self.st.recommender.observe_basket(basket);
+            }
+        }
+        let intent = if self.cfg.intent.enabled {
+            self.st.intent.observe(
+                &self.cfg.intent,
+                Observed {
+                    user: &ev.user_id,
+                    ts: ev.ts,
+                    action: ev.action,
+                    cart_items: e.cart_items,
+                    cart_value: money(e.cart_value),
+                },
+            )
+        } else {
+            0.0
+        };
         let held_total = self.follow_holdings(e);
         let (price_prev, price_change_pct) = self.follow_prices(e, out);
         let value_units = e.price.0.saturating_mul(i64::from(e.qty));
@@ -532,6 +607,7 @@ impl CartAnalytics {
                 "price_prev" => Value::Float(price_prev),
                 "price_change_pct" => Value::Float(price_change_pct),
                 "quiet_ms" => Value::Int(0),
+                "intent" => Value::Float(intent),
                 _ => continue,
             };
             self.vals[id] = v;
@@ -553,6 +629,7 @@ impl CartAnalytics {
                 "ts" => Value::Int(a.abandoned_at),
                 "hour" => Value::Int(a.abandoned_at.div_euclid(3_600_000).rem_euclid(24)),
                 "quiet_ms" => Value::Int(now - a.last_activity),
+                "intent" => Value::Float(self.st.intent.score(&a.user_id).unwrap_or(0.0)),
                 _ => continue, // not defined for abandoned carts: keeps its last value
             };
             self.vals[id] = v;
@@ -593,6 +670,12 @@ impl CartAnalytics {
             Some(a),
             out,
         );
+        if self.cfg.intent.enabled {
+            let observed = a.abandoned_at <= self.st.now;
+            self.st
+                .intent
+                .abandoned(&self.cfg.intent, &a.user_id, observed);
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -825,6 +908,45 @@ impl Operator for CartAnalytics {
                 "by_day_category": self.st.funnel.by_day_category(),
             })),
             "retention" => Ok(json!({ "cohorts": self.st.funnel.retention() })),
+            "intent" => {
+                let top = body.get("limit").and_then(|v| v.as_u64()).unwrap_or(20) as usize;
+                Ok(match body.get("user_id").and_then(|v| v.as_str()) {
+                    Some(u) => self.st.intent.user_report(u),
+                    None => self.st.intent.report(top),
+                })
+            }
+            "recommendations" => {
+                let n = body.get("limit").and_then(|v| v.as_u64()).unwrap_or(5) as usize;
+                let (held, user): (Vec<String>, Option<&str>) = match (
+                    body.get("user_id").and_then(|v| v.as_str()),
+                    body.get("skus").and_then(|v| v.as_str()),
+                ) {
+                    (_, Some(skus)) => (
+                        skus.split(',')
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(String::from)
+                            .collect(),
+                        None,
+                    ),
+                    (Some(u), None) => (
+                        self.st
+                            .user_skus
+                            .get(u)
+                            .map(|v| v.iter().map(|s| s.to_string()).collect())
+                            .unwrap_or_default(),
+                        Some(u),
+                    ),
+                    (None, None) => return Err("give user_id or skus".into()),
+                };
+                let recs = self.st.recommender.recommend(&held, n);
+                Ok(json!({
+                    "user_id": user,
+                    "held": held,
+                    "baskets_observed": self.st.recommender.baskets_observed(),
+                    "recommendations": recs,
+                }))
+            }
             "low_stock" => {
                 let n = body.get("limit").and_then(|v| v.as_u64()).unwrap_or(10) as usize;
                 let mut rows: Vec<(f64, &CompactString, i64, u32)> = self

@@ -208,6 +208,11 @@ pub const VARIABLES: &[(&str, VarType, &str)] = &[
         VarType::Int,
         "abandoned carts: how long the user has been quiet",
     ),
+    (
+        "intent",
+        VarType::Float,
+        "purchase-intent score of the user's cart, 0-1 (see GET /api/intent)",
+    ),
 ];
 
 /// A rule that failed to compile or check, with where and why.
@@ -585,7 +590,12 @@ mod tests {
             .unwrap();
         assert!(e.why.contains("type error"), "{e}");
         assert_eq!(e.at, Some((1, 22)), "{e}"); // the `>` of `qty > 'many'`
-        let e = RuleSet::compile(&[spec("num", "cart_value + 1")], &table())
+                                                // CEL has no implicit int-to-double arithmetic: caught at load, not per event
+        let e = RuleSet::compile(&[spec("mixed", "cart_value + 1 > 2.0")], &table())
+            .err()
+            .unwrap();
+        assert!(e.why.contains("type error"), "{e}");
+        let e = RuleSet::compile(&[spec("num", "cart_value + 1.0")], &table())
             .err()
             .unwrap();
         assert!(e.why.contains("boolean"), "{e}");
