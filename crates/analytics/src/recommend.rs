@@ -473,4 +473,28 @@ mod tests {
         let json = serde_json::to_string(&rec("eggs", 0.5, "x")).unwrap();
         assert_eq!(json, r#"{"item":"eggs","score":0.5,"evidence":"x"}"#);
     }
+
+    #[test]
+    fn rules_files_from_fpgrowth_are_read_by_name() {
+        let text = "{\"antecedent\":[\"bread\"],\"consequent\":[\"butter\"],\"support\":0.2,\"confidence\":0.8,\"lift\":2.0}\n\n\
+                    {\"antecedent\":[\"bread\",\"milk\"],\"consequent\":[\"eggs\"],\"support\":0.1,\"confidence\":0.5,\"lift\":1.5}\n";
+        let (rules, names) = parse_rules_jsonl(text).unwrap();
+        let mut r = Recommender::new(RecommenderConfig::default());
+        r.set_rules(&rules, &names);
+        let got = r.recommend(&["bread"], 5);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].item, "butter");
+        assert!(
+            got[0].evidence.contains("{bread} => {butter}"),
+            "{}",
+            got[0].evidence
+        );
+        let got = r.recommend(&["milk", "bread"], 5);
+        assert_eq!(
+            got.iter().map(|g| g.item.as_str()).collect::<Vec<_>>(),
+            ["butter", "eggs"]
+        );
+        let e = parse_rules_jsonl("{\"antecedent\":[]}").unwrap_err();
+        assert!(e.starts_with("line 1:"), "{e}");
+    }
 }

@@ -457,7 +457,7 @@ impl CartAnalytics {
         }
         let pct = (price.0 - old.0) as f64 * 100.0 / old.0 as f64;
         if pa.enabled && -pct >= pa.min_drop_pct {
-            self.price_drop(sku, old, price, ev.ts, &ev.event_id, out);
+            self.price_drop(sku, old, price, ev, out);
         }
         (money(old), pct)
     }
@@ -467,10 +467,10 @@ impl CartAnalytics {
         sku: &CompactString,
         old: Money,
         new: Money,
-        ts: i64,
-        event_id: &str,
+        ev: &cartpulse_model::CartEvent,
         out: &mut Records,
     ) {
+        let (ts, event_id) = (ev.ts, ev.event_id.as_str());
         let mut users: Vec<(CompactString, &'static str)> = Vec::new();
         if let Some(h) = self.st.holders.get(sku.as_str()) {
             users.extend(h.keys().map(|u| (u.clone(), "in_cart")));
@@ -483,6 +483,8 @@ impl CartAnalytics {
                 }
             }
         }
+        // the user whose event carried the new price has seen it already
+        users.retain(|(u, _)| *u != ev.user_id);
         // one alert per user, in a stable order
         users.sort();
         for (u, why) in users {
