@@ -33,6 +33,8 @@ pub struct HttpConfig {
     pub max_body_bytes: Option<usize>,
     /// Token for admin endpoints (reloading rules); defaults to `token`.
     pub admin_token: Option<String>,
+    /// Token for `POST /ingest` (the HTTP source); defaults to `token`.
+    pub ingest_token: Option<String>,
 }
 
 impl HttpConfig {
@@ -41,6 +43,8 @@ impl HttpConfig {
             token: self.token.clone(),
             max_body_bytes: self.max_body_bytes,
             admin_token: self.admin_token.clone(),
+            ingest_token: self.ingest_token.clone(),
+            ingest_max_body_bytes: None,
         }
     }
 }
@@ -53,6 +57,7 @@ impl Default for HttpConfig {
             token: None,
             max_body_bytes: None,
             admin_token: None,
+            ingest_token: None,
         }
     }
 }

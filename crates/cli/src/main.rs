@@ -326,7 +326,19 @@ fn run_config(path: &Path) -> Result<()> {
             path.display()
         );
     }
-    let source = build_source(src, app.pipeline.max_record_bytes);
+    let built = build_source(src, app.pipeline.max_record_bytes)
+        .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+    if built.ingest.is_some() && !app.http.enabled {
+        bail!(
+            "config file {}: key `http.enabled`: expected true with [source] type = \"http\" (events arrive through POST /ingest)",
+            path.display()
+        );
+    }
+    let source = built.source;
+    let ingest_limit = built.ingest.as_ref().map(|j| j.config().max_body_bytes);
+    let ingest = built.ingest.map(|j| {
+        std::sync::Arc::new(JournalIngest(j)) as std::sync::Arc<dyn cartpulse_serve::Ingest>
+    });
     let mut sinks: Vec<Box<dyn Sink>> = app.sinks.iter().map(build_sink).collect();
     for store in &app.stores {
         let mut store = store.clone();
@@ -338,10 +350,11 @@ fn run_config(path: &Path) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("config file {}: [[stores]]: {e}", path.display()))?,
         );
     }
-    let http = app
-        .http
-        .enabled
-        .then(|| (app.http.addr, app.http.serve_options()));
+    let http = app.http.enabled.then(|| {
+        let mut o = app.http.serve_options();
+        o.ingest_max_body_bytes = ingest_limit;
+        (app.http.addr, o)
+    });
     let origin = format!("config file {}", path.display());
     let mut pipeline = Pipeline::new(app.pipeline, source, sinks);
     if let Some(op) = analytics::operator(&app.analytics, &origin)? {
@@ -350,7 +363,29 @@ fn run_config(path: &Path) -> Result<()> {
     if !app.stores.is_empty() {
         cartpulse_stores::register_metrics(&pipeline.metrics.registry);
     }
-    run_live(pipeline, http, app.analytics.rules_file.clone())
+    run_live(pipeline, http, ingest, app.analytics.rules_file.clone())
+}
+
+/// `POST /ingest` bodies into the HTTP source's journal.
+struct JournalIngest(std::sync::Arc<cartpulse_connectors::http_ingest::Journal>);
+
+impl cartpulse_serve::Ingest for JournalIngest {
+    fn ingest(&self, body: &[u8]) -> cartpulse_serve::IngestOutcome {
+        use cartpulse_connectors::http_ingest::IngestError;
+        use cartpulse_serve::IngestOutcome;
+        match self.0.append(body) {
+            Ok(r) => IngestOutcome::Accepted(serde_json::json!({
+                "accepted": r.accepted,
+                "dead_lettered": r.dead_lettered,
+                "errors": r.errors.iter().map(|(i, why)| serde_json::json!({"index": i, "reason": why})).collect::<Vec<_>>(),
+            })),
+            Err(e @ IngestError::Busy { retry_after, .. }) => {
+                IngestOutcome::Busy(retry_after, e.to_string())
+            }
+            Err(e @ IngestError::BadBody(_)) => IngestOutcome::Bad(e.to_string()),
+            Err(e @ IngestError::Journal(_)) => IngestOutcome::Failed(e.to_string()),
+        }
+    }
 }
 
 fn demo(a: DemoArgs) -> Result<()> {
@@ -405,7 +440,7 @@ fn demo(a: DemoArgs) -> Result<()> {
     if let Some(op) = analytics::operator(&acfg, "demo")? {
         p = p.with_operator(op);
     }
-    let r = run_live(p, Some((a.addr, opts)), None);
+    let r = run_live(p, Some((a.addr, opts)), None, None);
     // each demo starts from scratch, so its checkpoints are of no use once it has stopped
     let _ = std::fs::remove_dir_all(base.join("checkpoints"));
     r
@@ -416,6 +451,7 @@ fn demo(a: DemoArgs) -> Result<()> {
 fn run_live(
     p: Pipeline,
     http: Option<(std::net::SocketAddr, cartpulse_serve::ServeOptions)>,
+    ingest: Option<std::sync::Arc<dyn cartpulse_serve::Ingest>>,
     rules_file: Option<PathBuf>,
 ) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -439,7 +475,7 @@ fn run_live(
         let (tx, rx) = tokio::sync::watch::channel(false);
         if let Some((addr, opts)) = http {
             let mut rx2 = rx.clone();
-            let server = cartpulse_serve::serve(addr, api, opts, async move {
+            let server = cartpulse_serve::serve(addr, api, opts, ingest, async move {
                 let _ = rx2.wait_for(|v| *v).await;
             });
             tokio::spawn(async move {

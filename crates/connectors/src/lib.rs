@@ -3,6 +3,7 @@
 
 pub mod file;
 pub mod gen_source;
+pub mod http_ingest;
 mod ingest;
 pub mod memory;
 pub mod mysql_cdc;
@@ -32,6 +33,8 @@ pub enum SourceConfig {
     RedisCarts(Box<redis::RedisCartsConfig>),
     /// A durable RabbitMQ queue, acknowledged per checkpoint.
     Rabbitmq(Box<rabbitmq::RabbitMqConfig>),
+    /// `POST /ingest` on the HTTP server, through a local journal (`http_ingest`).
+    Http(Box<http_ingest::HttpIngestConfig>),
 }
 
 /// Every sink cartpulse can write, selected by `type` in the config.
@@ -52,8 +55,24 @@ pub enum SinkConfig {
     Parquet(cartpulse_lake::ArchiveConfig),
 }
 
-pub fn build_source(cfg: &SourceConfig, max_record_bytes: usize) -> Box<dyn Source> {
-    match cfg {
+/// A source built from config, and for `type = "http"` the journal that `POST /ingest`
+/// appends to (the HTTP server needs it).
+pub struct BuiltSource {
+    pub source: Box<dyn Source>,
+    pub ingest: Option<std::sync::Arc<http_ingest::Journal>>,
+}
+
+/// Builds the configured source; fails only where start-up can already tell (an unusable
+/// journal directory), naming the key.
+pub fn build_source(cfg: &SourceConfig, max_record_bytes: usize) -> Result<BuiltSource, String> {
+    if let SourceConfig::Http(c) = cfg {
+        let journal = http_ingest::Journal::open((**c).clone(), max_record_bytes)?;
+        return Ok(BuiltSource {
+            source: Box::new(http_ingest::HttpIngestSource::new(journal.clone())),
+            ingest: Some(journal),
+        });
+    }
+    let source: Box<dyn Source> = match cfg {
         SourceConfig::File(c) => Box::new(FileSource::new((**c).clone(), max_record_bytes)),
         SourceConfig::Generator(g) => Box::new(GenSource::new(g.clone(), max_record_bytes)),
         SourceConfig::MysqlCdc(c) => Box::new(mysql_cdc::MysqlCdcSource::new(
@@ -72,7 +91,12 @@ pub fn build_source(cfg: &SourceConfig, max_record_bytes: usize) -> Box<dyn Sour
             (**c).clone(),
             max_record_bytes,
         )),
-    }
+        SourceConfig::Http(_) => unreachable!("built above"),
+    };
+    Ok(BuiltSource {
+        source,
+        ingest: None,
+    })
 }
 
 pub fn build_sink(cfg: &SinkConfig) -> Box<dyn Sink> {

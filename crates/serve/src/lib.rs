@@ -7,6 +7,7 @@
 
 mod analytics;
 mod auth;
+mod ingest;
 mod stream;
 
 use axum::extract::{Path, Query, State};
@@ -20,6 +21,7 @@ use serde_json::json;
 use std::net::SocketAddr;
 
 pub use auth::{check_exposure, AuthError};
+pub use ingest::{Ingest, IngestOutcome};
 
 /// Security settings of the HTTP surface.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -34,16 +36,24 @@ pub struct ServeOptions {
     /// Separate bearer token for admin endpoints (`/api/admin/*`, e.g. reloading rules);
     /// without one they take `token`. `CARTPULSE_ADMIN_TOKEN` overrides it.
     pub admin_token: Option<String>,
+    /// Separate bearer token for `POST /ingest`; without one it takes `token`.
+    /// `CARTPULSE_INGEST_TOKEN` overrides it.
+    pub ingest_token: Option<String>,
+    /// Largest `POST /ingest` body, bytes.
+    pub ingest_max_body_bytes: Option<usize>,
 }
 
 #[derive(Clone)]
 pub struct AppState {
     pub api: Api,
+    pub ingest: Option<std::sync::Arc<dyn Ingest>>,
 }
 
 const DASHBOARD: &str = include_str!("../assets/index.html");
 
-pub fn router(api: Api, opts: &ServeOptions) -> Router {
+/// `ingest` is where `POST /ingest` bodies go (the HTTP source); without one that route
+/// answers 404.
+pub fn router(api: Api, opts: &ServeOptions, ingest: Option<std::sync::Arc<dyn Ingest>>) -> Router {
     let protected = Router::new()
         .route("/api/metrics", get(metrics_json))
         .route("/api/stream", get(stream::sse))
@@ -69,6 +79,15 @@ pub fn router(api: Api, opts: &ServeOptions) -> Router {
             opts.admin_token.clone().or_else(|| opts.token.clone()),
             auth::require_token,
         ));
+    let ingest_route = Router::new()
+        .route("/ingest", post(ingest::ingest))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            opts.ingest_max_body_bytes.unwrap_or(8 << 20),
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            opts.ingest_token.clone().or_else(|| opts.token.clone()),
+            auth::require_token,
+        ));
     // The dashboard page itself is static and holds no data; it must load without an
     // Authorization header (a browser cannot send one when navigating) and then sends the
     // token from the URL fragment (`/#token=...`) with every API call it makes.
@@ -81,7 +100,8 @@ pub fn router(api: Api, opts: &ServeOptions) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             opts.max_body_bytes.unwrap_or(1 << 20),
         ))
-        .with_state(AppState { api })
+        .merge(ingest_route)
+        .with_state(AppState { api, ingest })
 }
 
 /// Serves until `shutdown` resolves. Refuses to listen beyond loopback without a token.
@@ -89,6 +109,7 @@ pub async fn serve(
     addr: SocketAddr,
     api: Api,
     mut opts: ServeOptions,
+    ingest: Option<std::sync::Arc<dyn Ingest>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if let Ok(t) = std::env::var("CARTPULSE_API_TOKEN") {
@@ -101,11 +122,16 @@ pub async fn serve(
             opts.admin_token = Some(t);
         }
     }
+    if let Ok(t) = std::env::var("CARTPULSE_INGEST_TOKEN") {
+        if !t.is_empty() {
+            opts.ingest_token = Some(t);
+        }
+    }
     auth::check_exposure(addr, &opts)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, auth = opts.token.is_some(), "http listening");
-    axum::serve(listener, router(api, &opts))
+    axum::serve(listener, router(api, &opts, ingest))
         .with_graceful_shutdown(shutdown)
         .await
 }
