@@ -4,6 +4,7 @@
 #
 #   scripts/bench_fpgrowth.sh                          # 1 M baskets, supports 0.001 and 0.0005
 #   BASKETS=200000 SUPPORTS="0.01" scripts/bench_fpgrowth.sh
+#   BIN=target/ci/cartpulse scripts/bench_fpgrowth.sh  # an already-built binary, no build
 #
 # mlxtend wants a one-hot table (it densifies it: 1 M baskets x 5k items is 5 GB of
 # booleans) and builds its tree in Python, so it runs on the first MLXTEND_BASKETS baskets
@@ -36,10 +37,18 @@ if ! "$VENV/bin/python" -c 'import fim' 2>/dev/null; then
   fi
 fi
 
-cargo build --release -p cartpulse
+# BIN=path/to/cartpulse uses an already-built binary; unset, a release build is made.
+if [ -n "${BIN:-}" ]; then
+  SRC_BIN=$BIN
+  [ -x "$SRC_BIN" ] || { echo "BIN=$SRC_BIN is not an executable file" >&2; exit 2; }
+else
+  cargo build --release -p cartpulse
+  SRC_BIN=target/release/cartpulse
+fi
 # a private copy: other builds sharing target/ must not swap the binary mid-run
 BIN="$WORK/cartpulse"
-cp target/release/cartpulse "$BIN"
+cp "$SRC_BIN" "$BIN"
+echo "binary: $SRC_BIN" >&2
 
 # Timings on a host where compilers are running measure the compilers: wait for them
 # (at most QUIET_WAIT seconds, then go on and say so).
@@ -147,6 +156,7 @@ for data in "${DATASETS[@]}"; do
       fi
       rss=$(($(tail -n1 "$WORK/rss") / 1024))
     done
+    tail -n1 "$WORK/cartpulse.err" >&2 # cartpulse's own summary (baskets, items, itemsets, times)
     count=$(wc -l <"$out/itemsets.jsonl")
     row "$n" "$s" cartpulse "$count" reference "$(printf %.2f "$best_total")" "$best_mine" "$rss"
 
