@@ -479,7 +479,7 @@ impl Reader {
                     ChunkEnd::Stop,
                     i64::MIN,
                 )?;
-                return Ok(());
+                return self.await_final_ack();
             }
             while let Ok(buf) = self.chunk_bufs.try_recv() {
                 self.source.recycle(buf);
@@ -517,13 +517,34 @@ impl Reader {
                         ChunkEnd::Flush,
                         i64::MIN,
                     )?;
-                    return Ok(());
+                    return self.await_final_ack();
                 }
             }
             if due {
                 last_barrier = Instant::now();
             }
         }
+    }
+
+    /// Waits for the final checkpoint to complete and tells the source: a queue-like source
+    /// acknowledges upstream only then, so without it a clean stop would leave its last
+    /// messages to be delivered again (harmless with dedup, but not clean). Gives up when the
+    /// committer ends without it (it failed, or checkpoints are off) or after a minute.
+    fn await_final_ack(&mut self) -> Result<(), String> {
+        let last = self.next_checkpoint.saturating_sub(1);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Ok((id, pos)) = self
+            .acks
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.source
+                .checkpoint_complete(id, &pos)
+                .map_err(|e| e.to_string())?;
+            if id >= last {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn send(

@@ -268,3 +268,64 @@ fn invalid_settings_are_named() {
         .to_string()
         .contains("global_window"));
 }
+
+/// At the end of input the source hears that the final checkpoint covers everything it
+/// handed out: a queue-like source acknowledges upstream only then.
+#[test]
+fn the_final_checkpoint_is_acknowledged_to_the_source() {
+    type Acks = Arc<Mutex<Vec<(u64, Value)>>>;
+    struct Acked {
+        inner: Lines,
+        acks: Acks,
+    }
+    impl Source for Acked {
+        fn name(&self) -> &str {
+            "acked"
+        }
+        fn open(&mut self, r: Option<&Value>) -> Result<(), SourceError> {
+            self.inner.open(r)
+        }
+        fn decoder(&self) -> Decoder {
+            self.inner.decoder()
+        }
+        fn poll(&mut self, n: usize) -> Result<Poll, SourceError> {
+            self.inner.poll(n)
+        }
+        fn position(&self) -> Value {
+            self.inner.position()
+        }
+        fn checkpoint_complete(&mut self, id: u64, pos: &Value) -> Result<(), SourceError> {
+            self.acks.lock().unwrap().push((id, pos.clone()));
+            Ok(())
+        }
+    }
+    let lines: Vec<String> = (0..50)
+        .map(|i| {
+            format!(
+                r#"{{"ts":{},"user_id":"u{}","action":"view","sku":"p"}}"#,
+                1000 * i,
+                i % 3
+            )
+        })
+        .collect();
+    let acks: Acks = Default::default();
+    let src = Acked {
+        inner: Lines { lines, next: 0 },
+        acks: acks.clone(),
+    };
+    let sink = Collect {
+        staged: BTreeMap::new(),
+        out: Default::default(),
+    };
+    let summary = Pipeline::new(
+        PipelineConfig::default(),
+        Box::new(src),
+        vec![Box::new(sink)],
+    )
+    .run()
+    .unwrap();
+    let acks = acks.lock().unwrap();
+    let last = acks.last().expect("acknowledged");
+    assert_eq!(last.1, Value::from(50u64), "{acks:?}");
+    assert_eq!(Some(last.0), summary.commit.last_checkpoint);
+}
