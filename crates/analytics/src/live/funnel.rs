@@ -1,8 +1,9 @@
-//! Funnel metrics: cart conversion (users who checked out / users who added to cart) per
-//! hour, per day and per day and category, and user retention as a cohort matrix (first
-//! active day × days since).
+//! Funnel metrics: cart conversion (of the users who added to cart, the share who checked
+//! out) per hour, per day and per day and category, and user retention as a cohort matrix
+//! (first active day × days since).
 //!
-//! Definitions are chosen so a batch query over the archived events gives the same numbers:
+//! Definitions are chosen so a batch query over the archived events gives the same numbers
+//! (`conversion_daily`, `conversion_category` and `retention` in crates/batch/src/views.rs):
 //! every accepted event counts, late or not; days are UTC; a user is identified by user id.
 //! Conversion per category: of the users who added a product of the category that day, the
 //! share who checked out that day.
@@ -50,8 +51,13 @@ pub struct Conversion {
     pub start: i64,
     /// Category, or `None` for all.
     pub category: Option<String>,
+    /// Users who added to cart (a product of `category`, in a category row).
     pub adders: u64,
+    /// Users who checked out; in a category row, those of `adders` who did.
     pub buyers: u64,
+    /// Those of `adders` who checked out in the same hour or day.
+    pub converted: u64,
+    /// `converted / adders` (0 without adders).
     pub rate: f64,
 }
 
@@ -63,11 +69,34 @@ pub struct Cohort {
     pub active: Vec<u64>,
 }
 
-fn rate(adders: u64, buyers: u64) -> f64 {
+fn rate(adders: u64, converted: u64) -> f64 {
     if adders == 0 {
         0.0
     } else {
-        buyers as f64 / adders as f64
+        converted as f64 / adders as f64
+    }
+}
+
+impl Bucket {
+    /// The rate's numerator is the adders who checked out, not every buyer: a user who
+    /// filled the cart the day (or hour) before and checks out now is a buyer here but not
+    /// an adder, so buyers / adders is no share (it can exceed 1) and disagreed with the
+    /// per-category rate and the batch view (`users_converted / users_added`).
+    fn row(&self, start: i64) -> Conversion {
+        let (a, b) = (self.adders.len() as u64, self.buyers.len() as u64);
+        let converted = self
+            .buyers
+            .iter()
+            .filter(|u| self.adders.contains(*u))
+            .count() as u64;
+        Conversion {
+            start,
+            category: None,
+            adders: a,
+            buyers: b,
+            converted,
+            rate: rate(a, converted),
+        }
     }
 }
 
@@ -150,32 +179,14 @@ impl Funnel {
     pub fn by_day(&self) -> Vec<Conversion> {
         self.days
             .iter()
-            .map(|(&d, day)| {
-                let (a, b) = (day.all.adders.len() as u64, day.all.buyers.len() as u64);
-                Conversion {
-                    start: d * DAY_MS,
-                    category: None,
-                    adders: a,
-                    buyers: b,
-                    rate: rate(a, b),
-                }
-            })
+            .map(|(&d, day)| day.all.row(d * DAY_MS))
             .collect()
     }
 
     pub fn by_hour(&self) -> Vec<Conversion> {
         self.hours
             .iter()
-            .map(|(&h, b)| {
-                let (a, n) = (b.adders.len() as u64, b.buyers.len() as u64);
-                Conversion {
-                    start: h * HOUR_MS,
-                    category: None,
-                    adders: a,
-                    buyers: n,
-                    rate: rate(a, n),
-                }
-            })
+            .map(|(&h, b)| b.row(h * HOUR_MS))
             .collect()
     }
 
@@ -192,6 +203,7 @@ impl Funnel {
                     category: Some(c.clone()),
                     adders: a,
                     buyers,
+                    converted: buyers,
                     rate: rate(a, buyers),
                 });
             }
@@ -243,7 +255,7 @@ mod tests {
         f.observe("b", 2 * d + 10, Action::View, None);
         f.observe("d", 2 * d + 20, Action::View, None);
         let day = &f.by_day()[0];
-        assert_eq!((day.adders, day.buyers), (3, 2));
+        assert_eq!((day.adders, day.buyers, day.converted), (3, 2, 2));
         let cats = f.by_day_category();
         assert_eq!(cats.len(), 2);
         assert_eq!(cats[0].category.as_deref(), Some("books"));
@@ -253,6 +265,27 @@ mod tests {
         assert_eq!(r[0].active, vec![3, 1, 1]);
         assert_eq!(r[1].day, 2 * d);
         assert_eq!(r[1].active, vec![1]);
+    }
+
+    #[test]
+    fn a_checkout_without_an_add_that_day_is_a_buyer_but_not_converted() {
+        let mut f = Funnel::new(30);
+        // a filled the cart before midnight and checks out after it; b adds and leaves
+        f.observe("a", DAY_MS - 60_000, Action::Add, Some("toys"));
+        f.observe("a", DAY_MS + 60_000, Action::Checkout, None);
+        f.observe("b", DAY_MS + 120_000, Action::Add, Some("toys"));
+        let days = f.by_day();
+        assert_eq!(
+            (days[1].adders, days[1].buyers, days[1].converted),
+            (1, 1, 0)
+        );
+        assert_eq!(
+            days[1].rate, 0.0,
+            "a share of the adders, never buyers / adders"
+        );
+        assert_eq!((days[0].adders, days[0].buyers, days[0].rate), (1, 0, 0.0));
+        let hours = f.by_hour();
+        assert!(hours.iter().all(|h| h.converted == 0 && h.rate == 0.0));
     }
 
     #[test]
