@@ -485,18 +485,44 @@ impl MysqlCdcSource {
     }
 
     fn load_defs(&mut self) -> Result<(), Fail> {
-        let conn = self.qconn.as_mut().expect("connected");
-        for d in &mut self.defs {
-            let r = self.rt.block_on(async {
-                tokio::time::timeout(Duration::from_secs(30), d.load(conn)).await
-            });
-            match r {
-                Ok(Ok(())) => {}
-                Ok(Err(m)) => return Err(Fail::Fatal(m)),
-                Err(_) => return Err(Fail::Retry("information_schema did not answer".into())),
-            }
+        for i in 0..self.defs.len() {
+            self.load_def(i)?;
         }
         Ok(())
+    }
+
+    /// Reads table definition `i` from information_schema. The query connection idles
+    /// between schema changes and may have been dropped meanwhile: a lost connection is
+    /// reopened and the read tried again (three times) before the source gives up, since the
+    /// engine treats a source error as the end of the run.
+    fn load_def(&mut self, i: usize) -> Result<(), Fail> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if self.qconn.is_none() {
+                self.qconn = Some(self.connect()?);
+            }
+            let conn = self.qconn.as_mut().expect("connected");
+            let def = &mut self.defs[i];
+            let r = self.rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(30), def.load(conn)).await
+            });
+            let why = match r {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(schema::LoadError::Definition(m))) => return Err(Fail::Fatal(m)),
+                Ok(Err(schema::LoadError::Query(m, e))) => match classify(&e) {
+                    Fail::Retry(_) => m,
+                    Fail::Fatal(_) => return Err(Fail::Fatal(m)),
+                },
+                Err(_) => "information_schema did not answer".to_string(),
+            };
+            self.qconn = None;
+            if attempt >= 3 {
+                return Err(Fail::Retry(why));
+            }
+            tracing::warn!(source = %self.name, error = %why, attempt, "reading a table definition failed; reconnecting");
+            std::thread::sleep(Duration::from_millis(200 * attempt));
+        }
     }
 
     fn master_position(&mut self) -> Result<BinPos, Fail> {
@@ -952,24 +978,16 @@ impl MysqlCdcSource {
                 )));
             }
             tracing::info!(source = %self.name, table = %q, statement = sql, "schema change; re-reading the table definition");
-            if self.qconn.is_none() {
-                self.qconn = Some(self.connect()?);
-            }
-            let conn = self.qconn.as_mut().expect("connected");
-            let def = &mut self.defs[i];
-            let r = self.rt.block_on(async {
-                tokio::time::timeout(Duration::from_secs(30), def.load(conn)).await
-            });
-            match r {
-                Ok(Ok(())) => {}
-                Ok(Err(m)) => {
+            match self.load_def(i) {
+                Ok(()) => {}
+                Err(Fail::Fatal(m)) => {
                     return Err(Fail::Fatal(format!(
                         "{m} — after `{}` at {}",
                         sql.trim(),
                         self.safe
                     )))
                 }
-                Err(_) => return Err(Fail::Retry("information_schema did not answer".into())),
+                Err(retry) => return Err(retry),
             }
             // the next TABLE_MAP of this table is resolved afresh
             let (db, t) = (self.defs[i].db.clone(), self.defs[i].table.clone());
@@ -1001,24 +1019,16 @@ impl MysqlCdcSource {
             Ok(l) => l,
             Err(first) if names.is_none() => {
                 // the cached definition may be older than this table version
-                if self.qconn.is_none() {
-                    self.qconn = Some(self.connect()?);
-                }
-                let conn = self.qconn.as_mut().expect("connected");
-                let def = &mut self.defs[di];
-                let r = self.rt.block_on(async {
-                    tokio::time::timeout(Duration::from_secs(30), def.load(conn)).await
-                });
-                match r {
-                    Ok(Ok(())) => schema::layout(&self.defs[di], &tme, None)
+                match self.load_def(di) {
+                    Ok(()) => schema::layout(&self.defs[di], &tme, None)
                         .map_err(|m| Fail::Fatal(format!("{m} (at {})", self.safe)))?,
-                    Ok(Err(m)) => {
+                    Err(Fail::Fatal(m)) => {
                         return Err(Fail::Fatal(format!(
                             "{m} (at {}; before: {first})",
                             self.safe
                         )))
                     }
-                    Err(_) => return Err(Fail::Retry("information_schema did not answer".into())),
+                    Err(retry) => return Err(retry),
                 }
             }
             Err(m) => return Err(Fail::Fatal(format!("{m} (at {})", self.safe))),

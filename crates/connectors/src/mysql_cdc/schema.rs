@@ -38,6 +38,15 @@ pub(crate) struct TableDef {
     pub engine: String,
 }
 
+/// Why a table definition could not be read.
+#[derive(Debug)]
+pub enum LoadError {
+    /// The query failed (the message, and the driver's error to classify).
+    Query(String, mysql_async::Error),
+    /// The table is not there or not usable.
+    Definition(String),
+}
+
 impl TableDef {
     pub fn qualified(&self) -> String {
         format!(
@@ -47,8 +56,9 @@ impl TableDef {
         )
     }
 
-    /// Reads columns, primary key and engine; errors name the config key.
-    pub async fn load(&mut self, conn: &mut Conn) -> Result<(), String> {
+    /// Reads columns, primary key and engine; errors name the config key and keep the
+    /// driver's error, so a dropped connection can be told from a missing table.
+    pub async fn load(&mut self, conn: &mut Conn) -> Result<(), LoadError> {
         let rows: Vec<(String, String, Option<String>, Option<String>)> = conn
             .exec(
                 "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_SET_NAME, COLLATION_NAME \
@@ -57,13 +67,18 @@ impl TableDef {
                 (&self.db, &self.table),
             )
             .await
-            .map_err(|e| format!("{}.table: cannot read information_schema: {e}", self.key))?;
+            .map_err(|e| {
+                LoadError::Query(
+                    format!("{}.table: cannot read information_schema: {e}", self.key),
+                    e,
+                )
+            })?;
         if rows.is_empty() {
-            return Err(format!(
+            return Err(LoadError::Definition(format!(
                 "{}.table: table {} does not exist (or is not visible to this user)",
                 self.key,
                 self.qualified()
-            ));
+            )));
         }
         self.info = rows
             .into_iter()
@@ -77,12 +92,12 @@ impl TableDef {
         let names: Vec<&str> = self.info.iter().map(|c| c.name.as_str()).collect();
         for (field, col) in &self.cols {
             if !names.iter().any(|n| n.eq_ignore_ascii_case(col)) {
-                return Err(format!(
+                return Err(LoadError::Definition(format!(
                     "{}.{field}: column `{col}` not found in {} (columns: {})",
                     self.key,
                     self.qualified(),
                     names.join(", ")
-                ));
+                )));
             }
         }
         self.pk = conn
@@ -93,7 +108,12 @@ impl TableDef {
                 (&self.db, &self.table),
             )
             .await
-            .map_err(|e| format!("{}.table: cannot read information_schema: {e}", self.key))?;
+            .map_err(|e| {
+                LoadError::Query(
+                    format!("{}.table: cannot read information_schema: {e}", self.key),
+                    e,
+                )
+            })?;
         let engine: Option<Option<String>> = conn
             .exec_first(
                 "SELECT ENGINE FROM information_schema.TABLES \
@@ -101,7 +121,12 @@ impl TableDef {
                 (&self.db, &self.table),
             )
             .await
-            .map_err(|e| format!("{}.table: cannot read information_schema: {e}", self.key))?;
+            .map_err(|e| {
+                LoadError::Query(
+                    format!("{}.table: cannot read information_schema: {e}", self.key),
+                    e,
+                )
+            })?;
         self.engine = engine.flatten().unwrap_or_default();
         Ok(())
     }

@@ -101,6 +101,8 @@ impl MariaDb {
                 .arg(format!("--datadir={}", d.join("data").display()))
                 .arg(format!("--socket={}", d.join("sock").display()))
                 .arg(format!("--pid-file={}", d.join("pid").display()))
+                // its own temporary files: servers of parallel tests must not share /tmp
+                .arg(format!("--tmpdir={}", d.display()))
                 .arg(format!("--port={port}"))
                 .arg(format!("--log-bin={}", d.join("data/mysql-bin").display()))
                 .args([
@@ -120,9 +122,15 @@ impl MariaDb {
             self.child = Some(child);
             self.port = port;
             let start = Instant::now();
+            let ours = d.join("data");
             while start.elapsed() < Duration::from_secs(30) {
-                if self.try_sql("SELECT 1").is_ok() {
-                    return;
+                // the answer must come from our server: when another test's server took the
+                // port first, ours exits and that one would answer instead
+                if let Ok(dir) = self.try_sql("SELECT @@datadir") {
+                    if Path::new(dir.trim()) == ours {
+                        return;
+                    }
+                    break;
                 }
                 if let Some(c) = self.child.as_mut() {
                     if c.try_wait().ok().flatten().is_some() {

@@ -61,8 +61,18 @@ impl RedisServer {
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(10) {
                 if let Ok(mut c) = self.client().get_connection() {
-                    if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                        return;
+                    // the answer must come from our server: when another test's server took
+                    // the port first, ours exits and that one would answer instead
+                    if let Ok(dir) = redis::cmd("CONFIG")
+                        .arg("GET")
+                        .arg("dir")
+                        .query::<Vec<String>>(&mut c)
+                    {
+                        let ours = self.dir.canonicalize().unwrap_or_else(|_| self.dir.clone());
+                        if dir.get(1).map(std::path::Path::new) == Some(ours.as_path()) {
+                            return;
+                        }
+                        break;
                     }
                 }
                 if let Some(c) = self.child.as_mut() {
