@@ -19,6 +19,10 @@ pub struct BatchConfig {
     pub lookback: Duration,
     /// DataFusion partitions (threads) per query; 0 means the number of cores.
     pub threads: usize,
+    /// Where `cartpulse run` writes the views when it runs the batch layer itself, every
+    /// `interval`, over the archive of its `parquet` sink; unset: `run` leaves the batch
+    /// layer to `cartpulse batch` (e.g. from cron).
+    pub views_dir: Option<PathBuf>,
 }
 
 impl Default for BatchConfig {
@@ -27,6 +31,7 @@ impl Default for BatchConfig {
             interval: Duration::from_secs(3600),
             lookback: Duration::from_secs(24 * 3600),
             threads: 0,
+            views_dir: None,
         }
     }
 }

@@ -19,6 +19,8 @@ pub struct AppConfig {
     pub http: HttpConfig,
     /// The analytics stage: rules, features, funnel, price and stock alerts.
     pub analytics: cartpulse_analytics::live::AnalyticsConfig,
+    /// The batch layer (`cartpulse batch`; scheduled inside `run` when `views_dir` is set).
+    pub batch: cartpulse_batch::BatchConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -74,7 +76,23 @@ impl AppConfig {
         cfg.pipeline
             .validate()
             .map_err(|e| format!("[pipeline] {e}"))?;
+        cfg.batch.validate().map_err(|e| format!("[batch] {e}"))?;
+        if cfg.batch.views_dir.is_some() && cfg.archive_dir().is_none() {
+            return Err(
+                "key `batch.views_dir`: expected a [[sinks]] entry with type = \"parquet\" \
+                        (the archive the batch layer reads)"
+                    .into(),
+            );
+        }
         Ok(cfg)
+    }
+
+    /// The archive written by the `parquet` sink, if there is one.
+    pub fn archive_dir(&self) -> Option<&Path> {
+        self.sinks.iter().find_map(|s| match s {
+            SinkConfig::Parquet(a) => Some(a.dir.as_path()),
+            _ => None,
+        })
     }
 }
 

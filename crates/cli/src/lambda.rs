@@ -110,3 +110,78 @@ pub fn verify_cmd(a: VerifyArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// The batch layer running inside `cartpulse run`: a thread recomputing the views every
+/// `[batch] interval`, with its outcome in the logs and in metrics.
+pub struct Scheduled {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Scheduled {
+    /// Asks the thread to stop and waits for a run in progress to finish.
+    pub fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+pub fn schedule(job: BatchJob, registry: &prometheus::Registry) -> Scheduled {
+    let runs = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "cartpulse_batch_runs_total",
+            "Batch-layer runs inside the process, by outcome (ok, failed).",
+        ),
+        &["outcome"],
+    )
+    .expect("valid metric");
+    let horizon = prometheus::IntGauge::new(
+        "cartpulse_batch_horizon_ms",
+        "Event time up to which the batch views are complete (epoch ms).",
+    )
+    .expect("valid metric");
+    let seconds = prometheus::Gauge::new(
+        "cartpulse_batch_last_run_seconds",
+        "Duration of the latest batch-layer run.",
+    )
+    .expect("valid metric");
+    for m in [
+        Box::new(runs.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(horizon.clone()),
+        Box::new(seconds.clone()),
+    ] {
+        if let Err(e) = registry.register(m) {
+            tracing::warn!(error = %e, "cannot register a batch metric");
+        }
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("batch".into())
+        .spawn(move || {
+            tracing::info!(archive = %job.archive.display(), views = %job.out.display(),
+                interval = ?job.config.interval, "batch layer scheduled");
+            cartpulse_batch::run_every(&job, &flag, |r| match r {
+                Ok(r) => {
+                    runs.with_label_values(&["ok"]).inc();
+                    seconds.set(r.elapsed.as_secs_f64());
+                    if let Some(h) = r.horizon_ms {
+                        horizon.set(h);
+                    }
+                    tracing::info!(
+                        horizon = %r.horizon_ms.map_or("none".to_string(), rfc3339),
+                        days = r.days.len(),
+                        new_files = r.new_files,
+                        elapsed_s = r.elapsed.as_secs_f64(),
+                        "batch views recomputed"
+                    );
+                }
+                Err(e) => {
+                    runs.with_label_values(&["failed"]).inc();
+                    tracing::error!(error = %e, "batch layer run failed; retrying at the next interval");
+                }
+            });
+        })
+        .expect("spawn the batch thread");
+    Scheduled { stop, thread }
+}

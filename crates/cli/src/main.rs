@@ -356,6 +356,16 @@ fn run_config(path: &Path) -> Result<()> {
         (app.http.addr, o)
     });
     let origin = format!("config file {}", path.display());
+    // the batch layer, scheduled in this process over the archive it writes
+    let batch_job = match (&app.batch.views_dir, app.archive_dir()) {
+        (Some(views), Some(archive)) => {
+            let mut job = cartpulse_batch::BatchJob::new(archive, views, &app.pipeline);
+            job.config = app.batch.clone();
+            job.quiet = true;
+            Some(job)
+        }
+        _ => None,
+    };
     let mut pipeline = Pipeline::new(app.pipeline, source, sinks);
     if let Some(op) = analytics::operator(&app.analytics, &origin)? {
         pipeline = pipeline.with_operator(op);
@@ -363,7 +373,12 @@ fn run_config(path: &Path) -> Result<()> {
     if !app.stores.is_empty() {
         cartpulse_stores::register_metrics(&pipeline.metrics.registry);
     }
-    run_live(pipeline, http, ingest, app.analytics.rules_file.clone())
+    let batch = batch_job.map(|job| lambda::schedule(job, &pipeline.metrics.registry));
+    let r = run_live(pipeline, http, ingest, app.analytics.rules_file.clone());
+    if let Some(b) = batch {
+        b.stop();
+    }
+    r
 }
 
 /// `POST /ingest` bodies into the HTTP source's journal.
