@@ -161,6 +161,11 @@ pub fn schedule(job: BatchJob, registry: &prometheus::Registry) -> Scheduled {
         .spawn(move || {
             tracing::info!(archive = %job.archive.display(), views = %job.out.display(),
                 interval = ?job.config.interval, "batch layer scheduled");
+            // the sink creates the archive on its first publication; until then the batch
+            // layer sees an empty one rather than a missing directory
+            if let Err(e) = std::fs::create_dir_all(&job.archive) {
+                tracing::warn!(archive = %job.archive.display(), error = %e, "cannot create the archive directory");
+            }
             cartpulse_batch::run_every(&job, &flag, |r| match r {
                 Ok(r) => {
                     runs.with_label_values(&["ok"]).inc();

@@ -111,7 +111,9 @@ addr = "{addr}"
     assert!(metric(addr, "cartpulse_batch_runs_total{outcome=\"ok\"}").unwrap_or(0.0) >= 1.0);
     assert_eq!(
         metric(addr, "cartpulse_batch_runs_total{outcome=\"failed\"}").unwrap_or(0.0),
-        0.0
+        0.0,
+        "{}",
+        p.log()
     );
     let files = walk(&views);
     assert!(
