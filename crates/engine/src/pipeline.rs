@@ -262,7 +262,7 @@ impl Pipeline {
             metrics: metrics.clone(),
             chunk_bufs: chunk_bufs_rx,
         };
-        threads.push(spawn("reader".into(), move || reader.run()));
+        let reader_thread = spawn("reader".into(), move || reader.run());
         drop(ctx);
 
         let with_stage = op_requests.is_some();
@@ -289,6 +289,11 @@ impl Pipeline {
                 let r = committer.run(crx);
                 // on failure the other threads unblock as their channels close
                 drop(threads);
+                if r.is_ok() {
+                    // the reader hands the final checkpoint's completion to the source (and
+                    // gives up within a minute): the run is over when the source knows
+                    let _ = reader_thread.join();
+                }
                 r.map(|commit| RunSummary {
                     restored_from: restored_id,
                     already_finished: false,
