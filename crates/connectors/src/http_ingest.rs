@@ -18,7 +18,8 @@ use cartpulse_model::{DecodeOptions, Decoder};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -96,6 +97,9 @@ pub struct Journal {
     written: AtomicU64,
     /// Global offset the pipeline has read up to (for backpressure).
     read: AtomicU64,
+    /// Where the segment being appended to starts: a reader in that segment needs no
+    /// directory listing to know where it ends (it does not end yet).
+    seg_start: AtomicU64,
     grew: (Mutex<()>, Condvar),
 }
 
@@ -153,6 +157,7 @@ impl Journal {
             }),
             written: AtomicU64::new(seg_start + len),
             read: AtomicU64::new(0),
+            seg_start: AtomicU64::new(seg_start),
             grew: (Mutex::new(()), Condvar::new()),
             cfg,
         }))
@@ -211,6 +216,9 @@ impl Journal {
             // roll: the next record starts a segment of its own
             w.file = None;
             w.seg_start = end;
+            // published before `written` moves past it (Release below), so a reader that
+            // sees the new data also sees that its own segment has ended
+            self.seg_start.store(end, Ordering::Release);
         }
         if w.file.is_none() {
             let p = self.cfg.journal_dir.join(seg_name(w.seg_start));
@@ -255,11 +263,20 @@ fn split_body(body: &[u8]) -> Result<Vec<std::borrow::Cow<'_, [u8]>>, IngestErro
         .collect())
 }
 
+/// The segment being read.
+struct OpenSegment {
+    start: u64,
+    /// Where the next segment starts; `u64::MAX` while none was seen.
+    end: u64,
+    file: File,
+}
+
 /// Reads the journal from the checkpointed offset.
 pub struct HttpIngestSource {
     journal: Arc<Journal>,
     pos: u64,
-    file: Option<(u64, File)>,
+    seg: Option<OpenSegment>,
+    spare: Vec<Vec<u8>>,
 }
 
 impl HttpIngestSource {
@@ -267,8 +284,36 @@ impl HttpIngestSource {
         HttpIngestSource {
             journal,
             pos: 0,
-            file: None,
+            seg: None,
+            spare: Vec::new(),
         }
+    }
+
+    /// Opens the segment holding `pos` and learns where it ends (one directory listing).
+    fn locate(&mut self) -> Result<(), SourceError> {
+        let segs = segments(self.dir()).map_err(|e| io_err(NAME, e, true))?;
+        let Some(start) = segs.iter().rev().find(|&&s| s <= self.pos).copied() else {
+            return Err(io_err(
+                NAME,
+                format!("no journal segment holds offset {}", self.pos),
+                false,
+            ));
+        };
+        let end = segs
+            .iter()
+            .find(|&&s| s > start)
+            .copied()
+            .unwrap_or(u64::MAX);
+        match &mut self.seg {
+            Some(seg) if seg.start == start => seg.end = end,
+            _ => {
+                let p = self.dir().join(seg_name(start));
+                let file = File::open(&p)
+                    .map_err(|e| io_err(NAME, format!("{}: {e}", p.display()), true))?;
+                self.seg = Some(OpenSegment { start, end, file });
+            }
+        }
+        Ok(())
     }
 
     fn dir(&self) -> &Path {
@@ -322,32 +367,22 @@ impl Source for HttpIngestSource {
                 .wait_for_growth(self.pos, Duration::from_millis(50));
             return Ok(Poll::Idle);
         }
-        // the segment holding `pos`: the last one starting at or before it
-        let segs = segments(self.dir()).map_err(|e| io_err(NAME, e, true))?;
-        let Some(start) = segs.iter().rev().find(|&&s| s <= self.pos).copied() else {
-            return Err(io_err(
-                NAME,
-                format!("no journal segment holds offset {}", self.pos),
-                false,
-            ));
+        // the writer's segment start, read after `written`: see `write_durably`
+        let current = self.journal.seg_start.load(Ordering::Acquire);
+        let relocate = match &self.seg {
+            None => true,
+            Some(seg) => self.pos >= seg.end || (seg.end == u64::MAX && seg.start != current),
         };
-        let seg_end = segs
-            .iter()
-            .find(|&&s| s > start)
-            .copied()
-            .unwrap_or(u64::MAX);
-        if self.file.as_ref().map(|f| f.0) != Some(start) {
-            let p = self.dir().join(seg_name(start));
-            let f =
-                File::open(&p).map_err(|e| io_err(NAME, format!("{}: {e}", p.display()), true))?;
-            self.file = Some((start, f));
+        if relocate {
+            self.locate()?;
         }
-        let (start, f) = self.file.as_mut().expect("opened above");
-        let avail = written.min(seg_end) - self.pos;
-        let want = avail.min(max_bytes as u64) as usize;
-        let mut data = vec![0; want];
-        f.seek(SeekFrom::Start(self.pos - *start))
-            .and_then(|_| f.read_exact(&mut data))
+        let seg = self.seg.as_ref().expect("located above");
+        let want = (written.min(seg.end) - self.pos).min(max_bytes as u64) as usize;
+        let mut data = self.spare.pop().unwrap_or_default();
+        data.clear();
+        data.resize(want, 0);
+        seg.file
+            .read_exact_at(&mut data, self.pos - seg.start)
             .map_err(|e| io_err(NAME, e, true))?;
         // whole records only: the rest is read next time
         let keep = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
@@ -389,6 +424,12 @@ impl Source for HttpIngestSource {
             }
         }
         Ok(())
+    }
+
+    fn recycle(&mut self, buf: Vec<u8>) {
+        if self.spare.len() < 4 {
+            self.spare.push(buf);
+        }
     }
 
     fn lag(&self) -> Option<u64> {
@@ -451,6 +492,12 @@ mod tests {
             all.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count(),
             5
         );
+        // appends while the reader sits in the writer's segment: the roll is noticed
+        for _ in 0..3 {
+            j.append(GOOD.as_bytes()).unwrap();
+            let got = drain(&mut src);
+            assert_eq!(got, format!("{GOOD}\n").into_bytes());
+        }
         let pos = src.position();
         src.checkpoint_complete(1, &pos).unwrap();
         assert_eq!(
