@@ -80,7 +80,6 @@ struct Episode {
     cart_items: u64,
     /// In currency units.
     cart_value: f64,
-    score: f32,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -248,8 +247,9 @@ impl Intent {
         Ok(())
     }
 
-    /// Follows one event; returns the user's intent score after it.
-    pub fn observe(&mut self, cfg: &IntentConfig, o: Observed<'_>) -> f64 {
+    /// Follows one event. Scores are computed when asked for ([`Intent::score`]): most
+    /// events are never scored by a rule, and the features cost a few logarithms.
+    pub fn observe(&mut self, cfg: &IntentConfig, o: Observed<'_>) {
         use cartpulse_model::Action;
         let h = self.users.entry_ref(o.user).or_default();
         if let Some(ep) = &h.open {
@@ -265,7 +265,7 @@ impl Intent {
                 h.orders += 1;
                 self.label(cfg, &x, true);
             }
-            return 0.0;
+            return;
         }
         let ep = h.open.get_or_insert_with(|| Episode {
             start: o.ts,
@@ -282,12 +282,6 @@ impl Intent {
         ep.last = ep.last.max(o.ts);
         ep.cart_items = o.cart_items;
         ep.cart_value = o.cart_value;
-        let ep = h.open.as_ref().expect("opened above");
-        let score = self.model.predict(&features(ep, h, ep.last));
-        if let Some(ep) = &mut h.open {
-            ep.score = score as f32;
-        }
-        score
     }
 
     /// The abandoned-cart timer fired for `user`: the episode ends unbought. `observed` is
@@ -316,10 +310,14 @@ impl Intent {
         self.model.learn(x, y, cfg.learning_rate, cfg.l2);
     }
 
-    /// The current score of `user`'s open episode.
+    /// The score of `user`'s open episode by the current model.
     pub fn score(&self, user: &str) -> Option<f64> {
-        let ep = self.users.get(user)?.open.as_ref()?;
-        Some(f64::from(ep.score))
+        let h = self.users.get(user)?;
+        h.open.as_ref().map(|ep| self.episode_score(ep, h))
+    }
+
+    fn episode_score(&self, ep: &Episode, h: &UserHistory) -> f64 {
+        self.model.predict(&features(ep, h, ep.last))
     }
 
     /// The model, its held-out evaluation against a constant predictor, and the open carts
@@ -328,11 +326,11 @@ impl Intent {
         use serde_json::json;
         let pairs: Vec<(f64, bool)> = self.eval.iter().map(|&(s, y)| (f64::from(s), y)).collect();
         let base = pairs.iter().filter(|p| p.1).count() as f64 / pairs.len().max(1) as f64;
-        let mut carts: Vec<(&CompactString, &Episode)> = self
+        let mut carts: Vec<(&CompactString, &Episode, &UserHistory)> = self
             .users
             .iter()
-            .filter_map(|(u, h)| h.open.as_ref().map(|e| (u, e)))
-            .filter(|(_, e)| e.cart_items > 0)
+            .filter_map(|(u, h)| h.open.as_ref().map(|e| (u, e, h)))
+            .filter(|(_, e, _)| e.cart_items > 0)
             .collect();
         carts.sort_by(|a, b| b.1.cart_value.total_cmp(&a.1.cart_value).then(a.0.cmp(b.0)));
         json!({
@@ -349,8 +347,8 @@ impl Intent {
                 "log_loss": log_loss(&pairs, |s| s),
                 "baseline_log_loss": log_loss(&pairs, |_| base),
             },
-            "carts": carts.into_iter().take(top).map(|(u, e)| json!({
-                "user_id": u, "score": e.score, "cart_items": e.cart_items,
+            "carts": carts.into_iter().take(top).map(|(u, e, h)| json!({
+                "user_id": u, "score": self.episode_score(e, h), "cart_items": e.cart_items,
                 "cart_value": e.cart_value, "since": e.start, "last_activity": e.last,
             })).collect::<Vec<_>>(),
         })
@@ -366,7 +364,7 @@ impl Intent {
                 let x = features(ep, h, ep.last);
                 json!({
                     "user_id": user,
-                    "score": ep.score,
+                    "score": self.model.predict(&x),
                     "features": FEATURES.iter().zip(x).map(|(f, v)| (f.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
                     "past_episodes": h.episodes, "past_orders": h.orders,
                 })

@@ -541,7 +541,7 @@ impl CartAnalytics {
                 self.st.recommender.observe_basket(basket);
             }
         }
-        let intent = if self.cfg.intent.enabled {
+        if self.cfg.intent.enabled {
             self.st.intent.observe(
                 &self.cfg.intent,
                 Observed {
@@ -551,10 +551,8 @@ impl CartAnalytics {
                     cart_items: e.cart_items,
                     cart_value: money(e.cart_value),
                 },
-            )
-        } else {
-            0.0
-        };
+            );
+        }
         let held_total = self.follow_holdings(e);
         let (price_prev, price_change_pct) = self.follow_prices(e, out);
         let value_units = e.price.0.saturating_mul(i64::from(e.qty));
@@ -609,7 +607,7 @@ impl CartAnalytics {
                 "price_prev" => Value::Float(price_prev),
                 "price_change_pct" => Value::Float(price_change_pct),
                 "quiet_ms" => Value::Int(0),
-                "intent" => Value::Float(intent),
+                "intent" => Value::Float(self.st.intent.score(&ev.user_id).unwrap_or(0.0)),
                 _ => continue,
             };
             self.vals[id] = v;
