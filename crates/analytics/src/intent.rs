@@ -1,8 +1,8 @@
 //! Purchase intent: how likely is this cart to be checked out?
 //!
 //! An *episode* is a user's activity from the first event after their last checkout or
-//! abandoned cart to the next one: a checkout labels it 1, the abandoned-cart timer 0. After
-//! every event the episode's features are scored by a logistic regression. When an episode
+//! abandoned cart to the next one: a checkout labels it 1, the abandoned-cart timer 0. The
+//! episode's features follow every event and are scored, when asked, by a logistic regression. When an episode
 //! ends, the features as they stood before the ending (the checkout itself would give the
 //! answer away) are first scored and kept for evaluation, then learnt from: *prequential*
 //! evaluation, so every evaluated example is one the model had not seen, and the reported
