@@ -51,6 +51,8 @@ enum What {
         #[arg(long, default_value_t = 2_000_000)]
         events: u64,
     },
+    /// Kafka: a group member's pipeline against the raw consume rate on the same topic.
+    Kafka(crate::bench_kafka::KafkaBenchArgs),
     /// Checkpoint cost with many active carts.
     Checkpoint {
         #[arg(long, default_value_t = 1_000_000)]
@@ -77,6 +79,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             checkpoint_interval,
         } => latency(rate, seconds, shards, &checkpoint_interval),
         What::Decode { events } => decode(events),
+        What::Kafka(k) => crate::bench_kafka::run(k),
         What::Checkpoint {
             carts,
             lines,
@@ -85,7 +88,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
 }
 
-fn machine() -> String {
+/// Writes `events` generated events (seed 42) to `path`.
+pub(crate) fn gen_file(events: u64, path: &Path) -> Result<()> {
+    eprintln!("generating {events} events into {}", path.display());
+    let cfg = cartpulse_gen::GenConfig {
+        events,
+        seed: 42,
+        ..Default::default()
+    };
+    cartpulse_gen::write_file(cfg, path, None)?;
+    Ok(())
+}
+
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -128,13 +143,7 @@ fn replay(events: u64, shards: &[usize], dir: &Path, ckpt: Option<Duration>) -> 
     std::fs::create_dir_all(dir)?;
     let input = dir.join(format!("events-{events}-seed42.jsonl"));
     if !input.exists() {
-        eprintln!("generating {events} events into {}", input.display());
-        let cfg = cartpulse_gen::GenConfig {
-            events,
-            seed: 42,
-            ..Default::default()
-        };
-        cartpulse_gen::write_file(cfg, &input, None)?;
+        gen_file(events, &input)?;
     }
     let bytes = std::fs::metadata(&input)?.len();
     let exe = std::env::current_exe()?;

@@ -108,8 +108,11 @@ mod tests {
         assert!(e.contains("out_of_orderness"), "{e}");
         let e = AppConfig::parse("[pipeline]\nshards = 0\n").unwrap_err();
         assert!(e.contains("`shards`") && e.contains("expected"), "{e}");
-        let e = AppConfig::parse("[source]\ntype = \"kafka\"\n").unwrap_err();
-        assert!(e.contains("kafka"), "{e}");
+        let e = AppConfig::parse("[source]\ntype = \"kinesis\"\n").unwrap_err();
+        assert!(e.contains("kinesis"), "{e}");
+        let e = AppConfig::parse("[source]\ntype = \"kafka\"\ntopix = [\"a\"]\n").unwrap_err();
+        assert!(e.contains("topix"), "{e}");
+        AppConfig::parse("[source]\ntype = \"kafka\"\ntopics = [\"a\"]\nformat = \"csv\"\ncsv_header = \"ts,user_id,action\"\n").unwrap();
     }
 
     #[test]

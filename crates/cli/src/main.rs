@@ -2,8 +2,10 @@
 
 mod analytics;
 mod bench;
+mod bench_kafka;
 mod config;
 mod fpgrowth;
+mod group;
 mod lambda;
 
 use anyhow::{bail, Context, Result};
@@ -63,6 +65,8 @@ enum Cmd {
     Batch(lambda::BatchArgs),
     /// Compare the speed layer's window outputs with the batch views, exactly.
     Verify(lambda::VerifyArgs),
+    /// Sum a consumer group's per-partition global windows into the global view.
+    Merge(group::MergeArgs),
 }
 
 #[derive(clap::Args)]
@@ -178,6 +182,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Fpgrowth(a) => fpgrowth::run(a),
         Cmd::Batch(a) => lambda::batch(a),
         Cmd::Verify(a) => lambda::verify_cmd(a),
+        Cmd::Merge(a) => group::merge(a),
     }
 }
 
@@ -320,6 +325,10 @@ fn run_config(path: &Path) -> Result<()> {
             path.display()
         );
     };
+    if let SourceConfig::Kafka(k) = src {
+        let k = (**k).clone();
+        return group::run(app, k, path);
+    }
     if app.sinks.is_empty() && app.stores.is_empty() {
         bail!(
             "config file {}: key `sinks`: expected at least one [[sinks]] or [[stores]] entry",

@@ -35,6 +35,9 @@ pub enum SourceConfig {
     Rabbitmq(Box<rabbitmq::RabbitMqConfig>),
     /// `POST /ingest` on the HTTP server, through a local journal (`http_ingest`).
     Http(Box<http_ingest::HttpIngestConfig>),
+    /// Kafka topics read by a consumer group: every partition is a task with its own state
+    /// and checkpoint (`cartpulse_kafka::group`), run by `cartpulse run`.
+    Kafka(Box<cartpulse_kafka::KafkaSourceConfig>),
 }
 
 /// Every sink cartpulse can write, selected by `type` in the config.
@@ -53,6 +56,29 @@ pub enum SinkConfig {
     },
     /// The `events` stream archived as hour-partitioned Parquet (`cartpulse-lake`).
     Parquet(cartpulse_lake::ArchiveConfig),
+    /// Every output stream to Kafka topics, keyed deterministically; transactional if asked.
+    Kafka(cartpulse_kafka::KafkaSinkConfig),
+}
+
+impl SinkConfig {
+    /// The same sink for one task of a consumer group: folders get a subfolder per task
+    /// (`topic-partition`), so tasks never share a file, and a Kafka sink gets the task in
+    /// its transactional id.
+    pub fn for_task(&self, task: &str) -> SinkConfig {
+        match self {
+            SinkConfig::Jsonl { dir, events, carts } => SinkConfig::Jsonl {
+                dir: dir.join(task),
+                events: *events,
+                carts: *carts,
+            },
+            SinkConfig::Parquet(c) => {
+                let mut c = c.clone();
+                c.dir = c.dir.join(task);
+                SinkConfig::Parquet(c)
+            }
+            SinkConfig::Kafka(c) => SinkConfig::Kafka(c.clone()),
+        }
+    }
 }
 
 /// A source built from config, and for `type = "http"` the journal that `POST /ingest`
@@ -87,11 +113,15 @@ pub fn build_source(cfg: &SourceConfig, max_record_bytes: usize) -> Result<Built
             (**c).clone(),
             max_record_bytes,
         )),
-        SourceConfig::Rabbitmq(c) => Box::new(rabbitmq::RabbitMqSource::new(
-            (**c).clone(),
-            max_record_bytes,
-        )),
+        SourceConfig::Rabbitmq(c) => {
+            let d = rabbitmq::RabbitMqSource::payload_decoder(c, max_record_bytes)
+                .map_err(|e| format!("[source] {e}"))?;
+            Box::new(rabbitmq::RabbitMqSource::new((**c).clone(), max_record_bytes).with_decoder(d))
+        }
         SourceConfig::Http(_) => unreachable!("built above"),
+        SourceConfig::Kafka(_) => {
+            return Err("key `source.type`: a kafka source runs as a consumer group, one pipeline per partition; it is read by `cartpulse run`".into())
+        }
     };
     Ok(BuiltSource {
         source,
@@ -99,8 +129,22 @@ pub fn build_source(cfg: &SourceConfig, max_record_bytes: usize) -> Result<Built
     })
 }
 
+/// Builds a sink; `task` and `checkpoint_dir` are set for a task of a consumer group.
 pub fn build_sink(cfg: &SinkConfig) -> Box<dyn Sink> {
+    build_task_sink(cfg, None, None)
+}
+
+pub fn build_task_sink(
+    cfg: &SinkConfig,
+    task: Option<&str>,
+    checkpoint_dir: Option<&std::path::Path>,
+) -> Box<dyn Sink> {
     match cfg {
+        SinkConfig::Kafka(c) => Box::new(cartpulse_kafka::KafkaSink::new(
+            c.clone(),
+            task.map(str::to_string),
+            checkpoint_dir.map(|d| d.join("kafka-stage")),
+        )),
         SinkConfig::Jsonl { dir, events, carts } => Box::new(
             JsonlDirSink::new(dir)
                 .with_stream(Stream::Events, *events)

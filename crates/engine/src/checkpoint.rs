@@ -59,13 +59,39 @@ pub struct Restored {
     pub operator: Option<Vec<u8>>,
 }
 
+/// A shared copy of a checkpoint directory elsewhere (an object store), so a process on
+/// another machine can restore what this one checkpointed. With a replica, *its* manifest is
+/// the commit point: checkpoint `c` counts once the replica holds `chk-c/`, everything else in
+/// the directory (sinks stage epochs there, e.g. the Kafka sink's `kafka-stage/`) and then the
+/// manifest; the sinks commit after that. The local directory is a working copy made to match
+/// the replica on open, so whoever restores `c`, on any machine, finds the staged epochs to
+/// roll forward. (Output staged outside the directory, like the jsonl sink's pending files,
+/// stays on the machine that wrote it.)
+pub trait CheckpointReplica: Send + Sync {
+    /// Where the copy is, for messages.
+    fn describe(&self) -> String;
+    /// Makes `local` a copy of the replica: its manifest, the newest checkpoint's folder and
+    /// every other file; local checkpoints the replica does not name are removed (they never
+    /// reached the commit point).
+    fn fetch(&self, local: &Path) -> Result<(), String>;
+    /// Uploads `local/chk-<id>/` and every file outside `chk-*` folders, then `manifest`;
+    /// then deletes what the replica holds that the manifest no longer needs.
+    fn publish(&self, local: &Path, id: u64, manifest: &[u8]) -> Result<(), String>;
+}
+
 pub struct CheckpointStore {
     dir: PathBuf,
     retain: usize,
+    replica: Option<std::sync::Arc<dyn CheckpointReplica>>,
+}
+
+/// The folder of checkpoint `id` inside a checkpoint directory.
+pub fn checkpoint_folder(id: u64) -> String {
+    format!("chk-{id:012}")
 }
 
 fn chk_dir(dir: &Path, id: u64) -> PathBuf {
-    dir.join(format!("chk-{id:012}"))
+    dir.join(checkpoint_folder(id))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), EngineError> {
@@ -86,7 +112,24 @@ impl CheckpointStore {
         Ok(CheckpointStore {
             dir: dir.to_path_buf(),
             retain: retain.max(1),
+            replica: None,
         })
+    }
+
+    /// A store whose commit point is `replica` (see [`CheckpointReplica`]); `dir` is first
+    /// made a copy of the replica's newest checkpoint.
+    pub fn open_replicated(
+        dir: &Path,
+        retain: usize,
+        replica: std::sync::Arc<dyn CheckpointReplica>,
+    ) -> Result<CheckpointStore, EngineError> {
+        let mut s = Self::open(dir, retain)?;
+        replica.fetch(dir).map_err(|why| EngineError::Replica {
+            replica: replica.describe(),
+            why,
+        })?;
+        s.replica = Some(replica);
+        Ok(s)
     }
 
     pub fn manifest(&self) -> Result<Option<Manifest>, EngineError> {
@@ -113,18 +156,28 @@ impl CheckpointStore {
         }
     }
 
-    /// Loads the newest complete checkpoint.
-    pub fn restore_latest(&self, key_groups: u32) -> Result<Option<Restored>, EngineError> {
+    /// The newest complete checkpoint's metadata (source position, finished), without
+    /// reading its state: what a consumer group needs to assign a partition.
+    pub fn latest_meta(&self) -> Result<Option<CheckpointMeta>, EngineError> {
         let Some(m) = self.manifest()? else {
             return Ok(None);
         };
-        let dir = chk_dir(&self.dir, m.latest);
-        let mp = dir.join("meta.json");
-        let meta: CheckpointMeta = serde_json::from_slice(&fs::read(&mp).map_err(io_err(&mp))?)
-            .map_err(|e| EngineError::Corrupt {
+        let mp = chk_dir(&self.dir, m.latest).join("meta.json");
+        let meta = serde_json::from_slice(&fs::read(&mp).map_err(io_err(&mp))?).map_err(|e| {
+            EngineError::Corrupt {
                 path: mp.clone(),
                 why: e.to_string(),
-            })?;
+            }
+        })?;
+        Ok(Some(meta))
+    }
+
+    /// Loads the newest complete checkpoint.
+    pub fn restore_latest(&self, key_groups: u32) -> Result<Option<Restored>, EngineError> {
+        let Some(meta) = self.latest_meta()? else {
+            return Ok(None);
+        };
+        let dir = chk_dir(&self.dir, meta.id);
         if meta.key_groups != key_groups {
             return Err(EngineError::Incompatible {
                 path: dir,
@@ -213,10 +266,15 @@ impl CheckpointStore {
         };
         let mp = self.dir.join("manifest.json");
         let mtmp = self.dir.join("manifest.json.tmp");
-        write_synced(
-            &mtmp,
-            &serde_json::to_vec_pretty(&manifest).expect("serializes"),
-        )?;
+        let mbytes = serde_json::to_vec_pretty(&manifest).expect("serializes");
+        if let Some(r) = &self.replica {
+            r.publish(&self.dir, meta.id, &mbytes)
+                .map_err(|why| EngineError::Replica {
+                    replica: r.describe(),
+                    why,
+                })?;
+        }
+        write_synced(&mtmp, &mbytes)?;
         fs::rename(&mtmp, &mp).map_err(io_err(&mp))?;
         sync_dir(&self.dir)?;
 

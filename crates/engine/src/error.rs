@@ -22,6 +22,9 @@ pub enum EngineError {
     Incompatible { path: PathBuf, why: String },
     #[error("pipeline failed: {0}")]
     Failed(String),
+    /// The shared copy of the checkpoints (an object store) could not be read or written.
+    #[error("checkpoint replica {replica}: {why}")]
+    Replica { replica: String, why: String },
 }
 
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> EngineError {

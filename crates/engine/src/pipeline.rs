@@ -53,6 +53,8 @@ pub struct Pipeline {
     pub clock: Arc<dyn Clock>,
     /// The analytics stage's logic (rules, funnels, models), if any.
     pub operator: Option<Box<dyn Operator>>,
+    /// A shared copy of the checkpoints (object store), the commit point when set.
+    pub replica: Option<Arc<dyn crate::checkpoint::CheckpointReplica>>,
 }
 
 impl Pipeline {
@@ -64,7 +66,18 @@ impl Pipeline {
             metrics: Arc::new(Metrics::new()),
             clock: Arc::new(SystemClock),
             operator: None,
+            replica: None,
         }
+    }
+
+    /// Checkpoints also go to `r`, whose manifest becomes the commit point, and a start
+    /// restores from it (see [`crate::checkpoint::CheckpointReplica`]).
+    pub fn with_checkpoint_replica(
+        mut self,
+        r: Arc<dyn crate::checkpoint::CheckpointReplica>,
+    ) -> Self {
+        self.replica = Some(r);
+        self
     }
 
     /// Runs `op` as the analytics stage after the shards.
@@ -87,15 +100,21 @@ impl Pipeline {
             metrics,
             clock,
             mut operator,
+            replica,
         } = self;
         cfg.validate()?;
         let started = Instant::now();
         let live = Arc::new(LiveState::default());
         let stop = Arc::new(AtomicBool::new(false));
 
-        let store = match &cfg.checkpoint.dir {
-            Some(d) => Some(CheckpointStore::open(d, cfg.checkpoint.retain)?),
-            None => None,
+        let store = match (&cfg.checkpoint.dir, replica) {
+            (Some(d), Some(r)) => Some(CheckpointStore::open_replicated(
+                d,
+                cfg.checkpoint.retain,
+                r,
+            )?),
+            (Some(d), None) => Some(CheckpointStore::open(d, cfg.checkpoint.retain)?),
+            (None, _) => None,
         };
         let restored = match &store {
             Some(s) => s.restore_latest(cfg.key_groups)?,
@@ -678,7 +697,13 @@ impl DecoderTask {
             match &job.chunk.frames {
                 Some(frames) => {
                     for (i, &(a, b)) in frames.iter().enumerate() {
-                        visit(&data[a as usize..b as usize], i as u64, &mut subs);
+                        // framed sources number records from `base_offset` (a Kafka offset,
+                        // or 0: the index in the chunk)
+                        visit(
+                            &data[a as usize..b as usize],
+                            job.chunk.base_offset + i as u64,
+                            &mut subs,
+                        );
                     }
                 }
                 None => {

@@ -33,7 +33,8 @@ pub struct SourceChunk {
     /// Record boundaries `(start, end)` into `data` for sources whose records may contain
     /// newlines (message brokers); `None` means one record per line.
     pub frames: Option<Vec<(u32, u32)>>,
-    /// Position of `data[0]` for line sources (byte offset), used in dead-letter positions.
+    /// Position of `data[0]` for line sources (byte offset), or of the first frame for
+    /// framed ones (frame `i` is at `base_offset + i`), used in dead-letter positions.
     pub base_offset: u64,
     /// Records the source itself already rejected (e.g. longer than the limit).
     pub dead: Vec<DeadLetter>,

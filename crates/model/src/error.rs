@@ -34,6 +34,19 @@ pub enum DecodeError {
     InvalidPrice { value: String, why: String },
     #[error("csv record: {0}")]
     Csv(String),
+    /// Confluent framing expected (magic byte 0 and a 4-byte schema id), something else found.
+    #[error("not an Avro message in the Confluent wire format: {0}")]
+    AvroBadMagic(String),
+    /// The writer schema the record names cannot be had (not registered, registry down,
+    /// does not parse).
+    #[error("avro writer schema {id}: {why}")]
+    AvroUnknownSchema { id: u32, why: String },
+    /// The bytes are not a datum of the writer schema (truncated, garbled, trailing bytes).
+    #[error("malformed avro datum: {0}")]
+    AvroMalformed(String),
+    /// The writer schema cannot be resolved into the reader schema.
+    #[error("avro writer schema cannot be read with the reader schema: {0}")]
+    AvroIncompatible(String),
 }
 
 impl DecodeError {
@@ -53,10 +66,14 @@ impl DecodeError {
             DecodeError::InvalidTs(_) => "invalid_ts",
             DecodeError::InvalidPrice { .. } => "invalid_price",
             DecodeError::Csv(_) => "csv",
+            DecodeError::AvroBadMagic(_) => "avro_bad_magic",
+            DecodeError::AvroUnknownSchema { .. } => "avro_unknown_schema",
+            DecodeError::AvroMalformed(_) => "avro_malformed",
+            DecodeError::AvroIncompatible(_) => "avro_incompatible",
         }
     }
 
-    pub const CODES: [&'static str; 13] = [
+    pub const CODES: [&'static str; 17] = [
         "invalid_utf8",
         "too_long",
         "not_json",
@@ -70,5 +87,31 @@ impl DecodeError {
         "invalid_ts",
         "invalid_price",
         "csv",
+        "avro_bad_magic",
+        "avro_unknown_schema",
+        "avro_malformed",
+        "avro_incompatible",
     ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_is_listed() {
+        let samples = [
+            DecodeError::Csv("x".into()),
+            DecodeError::AvroBadMagic("x".into()),
+            DecodeError::AvroUnknownSchema {
+                id: 1,
+                why: "x".into(),
+            },
+            DecodeError::AvroMalformed("x".into()),
+            DecodeError::AvroIncompatible("x".into()),
+        ];
+        for e in samples {
+            assert!(DecodeError::CODES.contains(&e.code()), "{}", e.code());
+        }
+    }
 }

@@ -557,9 +557,11 @@ fn keep<T>(r: Result<T, DecodeError>, err: &mut Option<DecodeError>) -> Option<T
     }
 }
 
-/// Fields after type checks, before the per-action rules every format shares.
-#[derive(Default)]
-pub(crate) struct RawFields {
+/// Fields after type checks, before the per-action rules every format shares. A format
+/// decoder fills it (required fields `ts`, `user_id`, `action` it has to find itself, or
+/// fail with `MissingField`) and hands it to [`finish`].
+#[derive(Clone, Debug, Default)]
+pub struct RawFields {
     pub event_id: Option<CompactString>,
     pub ts: i64,
     pub user_id: CompactString,
@@ -577,7 +579,7 @@ pub(crate) struct RawFields {
 
 /// Applies the rules that depend on the action, and derives a missing event id from the
 /// record's bytes so a re-sent copy of the same record still deduplicates.
-pub(crate) fn finish(
+pub fn finish(
     raw_record: &[u8],
     f: RawFields,
     opts: &DecodeOptions,
@@ -630,7 +632,8 @@ fn parse_ts_number(n: &str) -> Result<i64, DecodeError> {
         .map_err(|_| DecodeError::InvalidTs(n.to_string()))
 }
 
-pub(crate) fn parse_qty(n: &str) -> Result<u32, DecodeError> {
+/// A quantity given as number text: a non-negative integer (`2.0` counts as one).
+pub fn parse_qty(n: &str) -> Result<u32, DecodeError> {
     match n.parse::<i64>() {
         Ok(v) if v < 0 => Err(DecodeError::NegativeQty(v)),
         Ok(v) => u32::try_from(v).map_err(|_| DecodeError::InvalidQty(n.to_string())),
@@ -651,7 +654,8 @@ pub(crate) fn parse_qty(n: &str) -> Result<u32, DecodeError> {
     }
 }
 
-pub(crate) fn parse_price(n: &str) -> Result<Money, DecodeError> {
+/// A price given as decimal text, exactly; negative prices are rejected.
+pub fn parse_price(n: &str) -> Result<Money, DecodeError> {
     match Money::parse_str(n) {
         Ok(m) if m.0 < 0 => Err(DecodeError::InvalidPrice {
             value: n.to_string(),

@@ -12,8 +12,9 @@ pub mod time;
 pub use crate::csv::{CsvConfig, CsvDecoder};
 pub use error::DecodeError;
 pub use event::{write_json_str, Action, CartEvent};
-pub use json::{decode_json, DecodeOptions};
+pub use json::{decode_json, finish, DecodeOptions, RawFields};
 pub use money::Money;
+use std::sync::Arc;
 
 /// A record that could not become an event, kept with its original bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,11 +78,23 @@ fn base64(data: &[u8]) -> String {
     s
 }
 
+/// A decoder that lives outside this crate, so formats with heavy dependencies (Avro) do
+/// not weigh on everything that only needs the model. One instance is shared by every
+/// decoder thread, hence `Sync`.
+pub trait RecordDecoder: Send + Sync + std::fmt::Debug {
+    /// One framed record to an event, or the reason it cannot be one. Implementations are
+    /// expected to end in [`json::finish`], so every format applies the same per-action
+    /// rules.
+    fn decode(&self, record: &[u8]) -> Result<CartEvent, DecodeError>;
+}
+
 /// Wire formats a source can carry.
 #[derive(Clone, Debug)]
 pub enum Decoder {
     Json(DecodeOptions),
     Csv(Box<CsvDecoder>),
+    /// A format implemented in another crate (see [`RecordDecoder`]).
+    Custom(Arc<dyn RecordDecoder>),
 }
 
 impl Decoder {
@@ -90,6 +103,7 @@ impl Decoder {
         match self {
             Decoder::Json(o) => decode_json(record, o),
             Decoder::Csv(d) => d.decode(record),
+            Decoder::Custom(d) => d.decode(record),
         }
     }
 }

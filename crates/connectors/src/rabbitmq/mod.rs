@@ -41,6 +41,12 @@ pub struct RabbitMqConfig {
     pub consumer_tag: String,
     /// Quantity assumed for `add` events without one.
     pub default_qty: Option<u32>,
+    /// Message payload: `json` (default), `csv` (with `csv_header` or `[csv]` by index) or
+    /// `avro` (with an `[avro]` table).
+    pub format: cartpulse_avro::PayloadFormat,
+    pub csv: Option<cartpulse_model::CsvConfig>,
+    pub csv_header: Option<String>,
+    pub avro: Option<cartpulse_avro::AvroConfig>,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Longest wait between reconnect attempts.
@@ -57,6 +63,10 @@ impl Default for RabbitMqConfig {
             declare: true,
             consumer_tag: "cartpulse".into(),
             default_qty: None,
+            format: Default::default(),
+            csv: None,
+            csv_header: None,
+            avro: None,
             connect_timeout: Duration::from_secs(10),
             max_backoff: Duration::from_secs(30),
         }
@@ -75,7 +85,6 @@ struct Live {
 pub struct RabbitMqSource {
     cfg: RabbitMqConfig,
     name: String,
-    max_record: usize,
     rt: tokio::runtime::Runtime,
     live: Option<Live>,
     run: u64,
@@ -87,6 +96,7 @@ pub struct RabbitMqSource {
     lag: Option<u64>,
     lag_checked: Option<Instant>,
     framer: Framer,
+    decoder: Decoder,
 }
 
 const LAG_EVERY: Duration = Duration::from_secs(2);
@@ -95,6 +105,31 @@ const WAIT: Duration = Duration::from_millis(50);
 const LINGER: Duration = Duration::from_millis(5);
 
 impl RabbitMqSource {
+    /// The decoder of the configured payload format; fails on a bad `csv`/`avro` table.
+    pub fn payload_decoder(
+        cfg: &RabbitMqConfig,
+        max_record_bytes: usize,
+    ) -> Result<Decoder, cartpulse_avro::PayloadError> {
+        cartpulse_avro::message_decoder(
+            &cartpulse_avro::Payload {
+                format: cfg.format,
+                csv: cfg.csv.as_ref(),
+                csv_header: cfg.csv_header.as_deref(),
+                avro: cfg.avro.as_ref(),
+            },
+            DecodeOptions {
+                max_record_bytes,
+                default_qty: cfg.default_qty,
+            },
+        )
+    }
+
+    /// Decodes messages with `d` instead of JSON (see [`Self::payload_decoder`]).
+    pub fn with_decoder(mut self, d: Decoder) -> Self {
+        self.decoder = d;
+        self
+    }
+
     pub fn new(cfg: RabbitMqConfig, max_record_bytes: usize) -> RabbitMqSource {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -105,8 +140,11 @@ impl RabbitMqSource {
         RabbitMqSource {
             name: format!("rabbitmq:{}", cfg.queue),
             backoff: Backoff::new(Duration::from_millis(100), cfg.max_backoff),
+            decoder: Decoder::Json(DecodeOptions {
+                max_record_bytes,
+                default_qty: cfg.default_qty,
+            }),
             cfg,
-            max_record: max_record_bytes,
             rt,
             live: None,
             run: run_id(),
@@ -293,10 +331,7 @@ impl Source for RabbitMqSource {
     }
 
     fn decoder(&self) -> Decoder {
-        Decoder::Json(DecodeOptions {
-            max_record_bytes: self.max_record,
-            default_qty: self.cfg.default_qty,
-        })
+        self.decoder.clone()
     }
 
     fn poll(&mut self, max_bytes: usize) -> Result<Poll, SourceError> {
