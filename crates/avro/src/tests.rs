@@ -129,6 +129,8 @@ fn event() -> CartEvent {
         ip: Some("10.0.0.1".into()),
         order_id: None,
         currency: Some("EUR".into()),
+        product: None,
+        user: None,
     }
 }
 
@@ -639,7 +641,7 @@ prop_compose! {
                 _ => qty,
             },
             price: price.map(Money), category, device_id: None, ip,
-            order_id: order, currency,
+            order_id: order, currency, product: None, user: None,
         }
     }
 }

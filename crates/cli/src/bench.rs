@@ -33,6 +33,10 @@ enum What {
         /// Also run with checkpoints (exactly-once mode) at this interval.
         #[arg(long, value_parser = humantime::parse_duration)]
         checkpoint_interval: Option<Duration>,
+        /// Also run with enrichment: the generator's catalogue as the product table and one
+        /// row per generated user as the user table (both CSV).
+        #[arg(long)]
+        enrich: bool,
     },
     /// Event-to-state latency under live traffic.
     Latency {
@@ -71,7 +75,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
             shards,
             dir,
             checkpoint_interval,
-        } => replay(events, &shards, &dir, checkpoint_interval),
+            enrich,
+        } => replay(events, &shards, &dir, checkpoint_interval, enrich),
         What::Latency {
             rate,
             seconds,
@@ -139,7 +144,50 @@ fn run_child(cmd: &mut std::process::Command) -> Result<(f64, f64, u64)> {
     ))
 }
 
-fn replay(events: u64, shards: &[usize], dir: &Path, ckpt: Option<Duration>) -> Result<()> {
+/// A config with the generator's product catalogue and users as enrichment tables.
+fn enrich_config(dir: &Path) -> Result<PathBuf> {
+    use std::io::Write;
+    let cfg = cartpulse_gen::GenConfig {
+        seed: 42,
+        ..Default::default()
+    };
+    let products = dir.join("products.csv");
+    crate::write_catalog(&cfg, &products)?;
+    let gen = cartpulse_gen::Generator::new(cfg.clone())?;
+    let users = dir.join("users.csv");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&users)?);
+    writeln!(w, "user_id,segment,region,signup_date")?;
+    for u in 0..cfg.users {
+        let seg = ["new", "regular", "vip"][u as usize % 3];
+        let region = ["eu", "us", "apac", "latam"][u as usize % 4];
+        writeln!(
+            w,
+            "{},{seg},{region},2024-{:02}-{:02}",
+            gen.user_id(u),
+            u % 12 + 1,
+            u % 28 + 1
+        )?;
+    }
+    w.flush()?;
+    let path = dir.join("enrich.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[enrich.products]\nfrom = \"csv\"\npath = \"{}\"\n[enrich.users]\nfrom = \"csv\"\npath = \"{}\"\n",
+            products.display(),
+            users.display()
+        ),
+    )?;
+    Ok(path)
+}
+
+fn replay(
+    events: u64,
+    shards: &[usize],
+    dir: &Path,
+    ckpt: Option<Duration>,
+    enrich: bool,
+) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let input = dir.join(format!("events-{events}-seed42.jsonl"));
     if !input.exists() {
@@ -149,14 +197,19 @@ fn replay(events: u64, shards: &[usize], dir: &Path, ckpt: Option<Duration>) -> 
     let exe = std::env::current_exe()?;
     println!("machine: {}", machine());
     println!("input: {events} events, {:.1} MB", bytes as f64 / 1e6);
-    println!("| shards | checkpoints | wall s | M events/s | MB/s in | CPU s | peak RSS MB |");
-    println!("|---|---|---|---|---|---|---|");
-    let mut modes = vec![None];
+    println!(
+        "| shards | checkpoints | enrichment | wall s | M events/s | MB/s in | CPU s | peak RSS MB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut modes = vec![(None, None)];
     if let Some(i) = ckpt {
-        modes.push(Some(i));
+        modes.push((Some(i), None));
+    }
+    if enrich {
+        modes.push((None, Some(enrich_config(dir)?)));
     }
     for &n in shards {
-        for mode in &modes {
+        for (mode, enrich) in &modes {
             let out = dir.join(format!("out-{n}"));
             let ck = dir.join(format!("ckpt-{n}"));
             let _ = std::fs::remove_dir_all(&ck);
@@ -170,6 +223,9 @@ fn replay(events: u64, shards: &[usize], dir: &Path, ckpt: Option<Duration>) -> 
                 .arg(n.to_string())
                 .arg("--quiet")
                 .env("RUST_LOG", "warn");
+            if let Some(c) = enrich {
+                cmd.arg("--config").arg(c);
+            }
             if let Some(i) = mode {
                 cmd.arg("--checkpoint-dir")
                     .arg(&ck)
@@ -178,11 +234,16 @@ fn replay(events: u64, shards: &[usize], dir: &Path, ckpt: Option<Duration>) -> 
             }
             let (wall, cpu, rss) = run_child(&mut cmd)?;
             println!(
-                "| {n} | {} | {wall:.2} | {:.2} | {:.0} | {cpu:.2} | {:.0} |",
+                "| {n} | {} | {} | {wall:.2} | {:.2} | {:.0} | {cpu:.2} | {:.0} |",
                 mode.map_or("off".to_string(), |i| format!(
                     "every {}",
                     humantime::format_duration(i)
                 )),
+                if enrich.is_some() {
+                    "products + users"
+                } else {
+                    "off"
+                },
                 events as f64 / wall / 1e6,
                 bytes as f64 / wall / 1e6,
                 rss as f64 / 1e6

@@ -212,10 +212,7 @@ fn pipeline(a: &KafkaBenchArgs, topic: &str, n: u64) -> Result<(f64, f64)> {
             .map(|act| metrics.cart_events.with_label_values(&[act]).get())
             .sum::<u64>()
             + metrics.duplicates.get()
-            + cartpulse_model::DecodeError::CODES
-                .iter()
-                .map(|c| metrics.dead_letters.with_label_values(&[c]).get())
-                .sum::<u64>();
+            + metrics.dead_letters_total();
         if applied >= n {
             break Instant::now();
         }

@@ -21,6 +21,8 @@ pub struct AppConfig {
     pub analytics: cartpulse_analytics::live::AnalyticsConfig,
     /// The batch layer (`cartpulse batch`; scheduled inside `run` when `views_dir` is set).
     pub batch: cartpulse_batch::BatchConfig,
+    /// Product and user tables joined onto every event (`[enrich.products]`, `[enrich.users]`).
+    pub enrich: cartpulse_connectors::enrich::EnrichConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -85,6 +87,15 @@ impl AppConfig {
             );
         }
         Ok(cfg)
+    }
+
+    /// Loads the enrichment tables (`None` without any); `origin` names the file in errors.
+    pub fn enricher(
+        &self,
+        origin: &str,
+    ) -> anyhow::Result<Option<std::sync::Arc<cartpulse_engine::enrich::Enricher>>> {
+        cartpulse_connectors::enrich::build(&self.enrich)
+            .map_err(|e| anyhow::anyhow!("{origin}: {e}"))
     }
 
     /// The archive written by the `parquet` sink, if there is one.

@@ -17,6 +17,10 @@ struct Factory {
     app: AppConfig,
     root: PathBuf,
     origin: String,
+    /// One set of tables for every task of the process …
+    enricher: Option<Arc<cartpulse_engine::enrich::Enricher>>,
+    /// … reloaded on their intervals while the member runs.
+    _refresh: Option<cartpulse_engine::enrich::RefreshHandle>,
 }
 
 impl TaskFactory for Factory {
@@ -36,6 +40,9 @@ impl TaskFactory for Factory {
             .map(|s| build_task_sink(&s.for_task(&name), Some(&name), Some(&dir)))
             .collect();
         let mut p = Pipeline::new(cfg, source, sinks);
+        if let Some(e) = &self.enricher {
+            p = p.with_enricher(e.clone());
+        }
         if let Some(op) =
             analytics::operator(&self.app.analytics, &self.origin).map_err(|e| format!("{e:#}"))?
         {
@@ -70,7 +77,17 @@ pub(crate) fn join(
         }
     }
     let max_record = app.pipeline.max_record_bytes;
-    let factory = Factory { app, root, origin };
+    let enricher = app.enricher(&origin)?;
+    if let Some(e) = &enricher {
+        e.register(&metrics.registry);
+    }
+    let factory = Factory {
+        app,
+        root,
+        origin,
+        _refresh: enricher.as_ref().map(|e| e.start_refresh()),
+        enricher,
+    };
     GroupMember::new(kcfg, Box::new(factory), metrics, max_record)
         .context("joining the consumer group")
 }

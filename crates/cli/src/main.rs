@@ -228,6 +228,8 @@ fn replay(a: ReplayArgs) -> Result<()> {
         Some(p) => AppConfig::load(p)?,
         None => AppConfig::default(),
     };
+    // loaded once: a replay is a recomputation, so its tables do not change under it
+    let enricher = app.enricher("replay")?;
     let mut pipeline = app.pipeline.clone();
     if let Some(n) = a.shards {
         pipeline.shards = n;
@@ -258,6 +260,9 @@ fn replay(a: ReplayArgs) -> Result<()> {
         .len();
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(JsonlDirSink::new(&a.out))];
     let mut p = Pipeline::new(pipeline, Box::new(source), sinks);
+    if let Some(e) = enricher {
+        p = p.with_enricher(e);
+    }
     let mut acfg = app.analytics.clone();
     acfg.enabled &= !a.no_analytics;
     if a.catalog.is_some() {
@@ -375,9 +380,15 @@ fn run_config(path: &Path) -> Result<()> {
         }
         _ => None,
     };
+    let enricher = app.enricher(&origin)?;
     let mut pipeline = Pipeline::new(app.pipeline, source, sinks);
     if let Some(op) = analytics::operator(&app.analytics, &origin)? {
         pipeline = pipeline.with_operator(op);
+    }
+    // reloads on the tables' intervals until the run ends (the handle stops them)
+    let _refresh = enricher.as_ref().map(|e| e.start_refresh());
+    if let Some(e) = enricher {
+        pipeline = pipeline.with_enricher(e);
     }
     if !app.stores.is_empty() {
         cartpulse_stores::register_metrics(&pipeline.metrics.registry);
@@ -457,10 +468,20 @@ fn demo(a: DemoArgs) -> Result<()> {
         &catalog,
     )?;
     let acfg = cartpulse_analytics::live::AnalyticsConfig {
-        catalog: Some(catalog),
+        catalog: Some(catalog.clone()),
         ..Default::default()
     };
+    // the same catalogue enriches every event with the product's name, brand and stock
+    let enrich = cartpulse_connectors::enrich::EnrichConfig {
+        products: Some(cartpulse_connectors::enrich::TableConfig::csv(
+            catalog.clone(),
+        )),
+        users: None,
+    };
     let mut p = Pipeline::new(pipeline, source, sinks);
+    if let Some(e) = cartpulse_connectors::enrich::build(&enrich).map_err(anyhow::Error::msg)? {
+        p = p.with_enricher(e);
+    }
     if let Some(op) = analytics::operator(&acfg, "demo")? {
         p = p.with_operator(op);
     }
@@ -541,7 +562,7 @@ async fn shutdown_signal() {
 }
 
 /// Writes the generator's catalogue as CSV (sku, name, category, brand, price, stock).
-fn write_catalog(cfg: &cartpulse_gen::GenConfig, path: &Path) -> Result<()> {
+pub(crate) fn write_catalog(cfg: &cartpulse_gen::GenConfig, path: &Path) -> Result<()> {
     use std::io::Write;
     let gen = cartpulse_gen::Generator::new(cfg.clone())?;
     if let Some(d) = path.parent() {

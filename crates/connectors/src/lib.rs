@@ -1,6 +1,7 @@
 //! Sources and sinks, one folder per external system, all built from config through the
 //! one registry below, so adding a connector means adding one variant here.
 
+pub mod enrich;
 pub mod file;
 pub mod gen_source;
 pub mod http_ingest;

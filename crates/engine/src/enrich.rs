@@ -207,7 +207,9 @@ impl Enricher {
         let products = products
             .map(|s| Table::new("products", s, &metrics))
             .transpose()?;
-        let users = users.map(|s| Table::new("users", s, &metrics)).transpose()?;
+        let users = users
+            .map(|s| Table::new("users", s, &metrics))
+            .transpose()?;
         for t in products
             .as_ref()
             .map(|t| t.name)
@@ -562,10 +564,13 @@ mod tests {
         assert_eq!(get("users", "miss"), 1);
         assert_eq!(
             e.metrics.filled.with_label_values(&["category"]).get(),
-            2,
-            "the hit and the defaulted miss"
+            3,
+            "the hit, the defaulted miss and the product hit of the dead-lettered event"
         );
-        assert!(r.gather().iter().any(|f| f.get_name() == "cartpulse_enrich_rows"));
+        assert!(r
+            .gather()
+            .iter()
+            .any(|f| f.get_name() == "cartpulse_enrich_rows"));
     }
 
     struct FixedUsers;
@@ -591,7 +596,10 @@ mod tests {
         let (s, ctl) = spec(OnMiss::Keep, None);
         ctl.fail.store(true, Ordering::SeqCst);
         let err = Enricher::new(Some(s), None).err().unwrap().to_string();
-        assert!(err.contains("products") && err.contains("database is down"), "{err}");
+        assert!(
+            err.contains("products") && err.contains("database is down"),
+            "{err}"
+        );
 
         let (s, ctl) = spec(OnMiss::Keep, None);
         let e = Enricher::new(Some(s), None).unwrap();
@@ -600,7 +608,10 @@ mod tests {
         let mut x = ev("u", Some("s1"), None);
         e.snapshot().apply(&mut x).unwrap();
         assert_eq!(x.product.unwrap().brand.as_deref(), Some("gen0"));
-        let failed = e.metrics.refreshes.with_label_values(&["products", "failed"]);
+        let failed = e
+            .metrics
+            .refreshes
+            .with_label_values(&["products", "failed"]);
         assert_eq!(failed.get(), 1);
     }
 
@@ -618,7 +629,11 @@ mod tests {
         drop(h);
         let after = ctl.loads.load(Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(ctl.loads.load(Ordering::SeqCst), after, "reloads after the stop");
+        assert_eq!(
+            ctl.loads.load(Ordering::SeqCst),
+            after,
+            "reloads after the stop"
+        );
         // a snapshot taken before keeps the table it was taken of
         let mut x = ev("u", Some("s1"), None);
         let mut b = before;

@@ -8,6 +8,7 @@ pub mod clock;
 mod committer;
 pub mod config;
 pub mod dedup;
+pub mod enrich;
 pub mod error;
 pub mod live;
 pub mod metrics;

@@ -34,6 +34,13 @@ pub struct Metrics {
     pub pipeline_latency_us: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
 }
 
+/// Every reason a record can be dead-lettered for: decoding, then enrichment.
+pub fn dead_letter_codes() -> impl Iterator<Item = &'static str> {
+    cartpulse_model::DecodeError::CODES
+        .into_iter()
+        .chain(crate::enrich::DEAD_LETTER_CODES)
+}
+
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
     r.register(Box::new(c.clone())).expect("unique metric");
@@ -186,7 +193,7 @@ impl Metrics {
             ),
             registry: r,
         };
-        for code in cartpulse_model::DecodeError::CODES {
+        for code in dead_letter_codes() {
             m.dead_letters.with_label_values(&[code]);
         }
         for s in crate::output::Stream::ALL {
@@ -210,8 +217,7 @@ impl Metrics {
     }
 
     pub fn dead_letters_total(&self) -> u64 {
-        cartpulse_model::DecodeError::CODES
-            .iter()
+        dead_letter_codes()
             .map(|c| self.dead_letters.with_label_values(&[c]).get())
             .sum()
     }

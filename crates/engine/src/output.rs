@@ -192,13 +192,16 @@ pub enum PriceSource {
     Event,
     /// The price of the product's line in the user's cart.
     Cart,
+    /// The list price of the enrichment product table.
+    Catalog,
     /// Nowhere: counted as zero (and in `cartpulse_missing_values_total`).
     Missing,
 }
 
 /// An accepted event for the `events` stream: the event as the pipeline used it — quantity
 /// and unit price resolved (a remove without quantity removes the whole line), the cart's
-/// value on a checkout — so the batch layer can recompute every aggregate with plain SQL.
+/// value on a checkout — so the batch layer can recompute every aggregate with plain SQL —
+/// and the attributes enrichment joined onto it (`product_*`, `user_*`).
 pub fn event(
     out: &mut Vec<u8>,
     e: &CartEvent,
@@ -212,6 +215,7 @@ pub fn event(
     match price_source {
         PriceSource::Event => {}
         PriceSource::Cart => out.extend_from_slice(b",\"price_source\":\"cart\""),
+        PriceSource::Catalog => out.extend_from_slice(b",\"price_source\":\"catalog\""),
         PriceSource::Missing => out.extend_from_slice(b",\"price_source\":\"missing\""),
     }
     if let Some(v) = order_value {
@@ -219,6 +223,12 @@ pub fn event(
     }
     if late {
         out.extend_from_slice(b",\"late\":true");
+    }
+    if let Some(p) = &e.product {
+        p.write_json(out);
+    }
+    if let Some(u) = &e.user {
+        u.write_json(out);
     }
     out.extend_from_slice(b"}\n");
 }

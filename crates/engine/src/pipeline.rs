@@ -55,6 +55,8 @@ pub struct Pipeline {
     pub operator: Option<Box<dyn Operator>>,
     /// A shared copy of the checkpoints (object store), the commit point when set.
     pub replica: Option<Arc<dyn crate::checkpoint::CheckpointReplica>>,
+    /// Product and user tables joined onto each event as it is decoded.
+    pub enricher: Option<Arc<crate::enrich::Enricher>>,
 }
 
 impl Pipeline {
@@ -67,6 +69,7 @@ impl Pipeline {
             clock: Arc::new(SystemClock),
             operator: None,
             replica: None,
+            enricher: None,
         }
     }
 
@@ -77,6 +80,13 @@ impl Pipeline {
         r: Arc<dyn crate::checkpoint::CheckpointReplica>,
     ) -> Self {
         self.replica = Some(r);
+        self
+    }
+
+    /// Joins `e`'s tables onto every decoded event (its metrics join this pipeline's).
+    pub fn with_enricher(mut self, e: Arc<crate::enrich::Enricher>) -> Self {
+        e.register(&self.metrics.registry);
+        self.enricher = Some(e);
         self
     }
 
@@ -101,6 +111,7 @@ impl Pipeline {
             clock,
             mut operator,
             replica,
+            enricher,
         } = self;
         cfg.validate()?;
         let started = Instant::now();
@@ -263,6 +274,7 @@ impl Pipeline {
                 key_groups: kgs,
                 outs,
                 metrics: metrics.clone(),
+                enricher: enricher.clone(),
             };
             threads.push(spawn(format!("decode-{j}"), move || dec.run(jrx)));
         }
@@ -619,6 +631,7 @@ struct DecoderTask {
     key_groups: u32,
     outs: Vec<Sender<SubBatch>>,
     metrics: Arc<Metrics>,
+    enricher: Option<Arc<crate::enrich::Enricher>>,
 }
 
 impl DecoderTask {
@@ -645,9 +658,36 @@ impl DecoderTask {
             let mut max_so_far = i64::MIN;
             let mut records = 0u64;
             let mut decoded = 0u64;
+            // the tables as of this chunk: a reload in the middle of it is seen by the next
+            let mut view = self.enricher.as_ref().map(|e| e.snapshot());
+            let mut enrich_dead = [0u64; crate::enrich::DEAD_LETTER_CODES.len()];
             let mut visit = |rec: &[u8], offset: u64, subs: &mut Vec<SubBatch>| {
                 records += 1;
-                match self.decoder.decode(rec) {
+                let decoded_ev = self.decoder.decode(rec);
+                let decoded_ev = match (decoded_ev, &mut view) {
+                    (Ok(mut ev), Some(v)) => match v.apply(&mut ev) {
+                        Ok(()) => Ok(ev),
+                        Err(miss) => {
+                            if let Some(i) = crate::enrich::DEAD_LETTER_CODES
+                                .iter()
+                                .position(|c| *c == miss.reason)
+                            {
+                                enrich_dead[i] += 1;
+                            }
+                            subs[dead_to].dead.push(DeadLetter {
+                                reason: miss.reason,
+                                detail: miss.detail,
+                                source: self.source_name.clone(),
+                                position: offset.to_string(),
+                                raw: rec.to_vec(),
+                                original_len: None,
+                            });
+                            return;
+                        }
+                    },
+                    (r, _) => r,
+                };
+                match decoded_ev {
                     Ok(ev) => {
                         decoded += 1;
                         let user_hash = key_hash(ev.user_id.as_bytes());
@@ -720,6 +760,17 @@ impl DecoderTask {
                         }
                         start = end + 1;
                     }
+                }
+            }
+            if let (Some(e), Some(v)) = (&self.enricher, &mut view) {
+                e.record(v);
+            }
+            for (i, c) in enrich_dead.iter().enumerate() {
+                if *c > 0 {
+                    self.metrics
+                        .dead_letters
+                        .with_label_values(&[crate::enrich::DEAD_LETTER_CODES[i]])
+                        .inc_by(*c);
                 }
             }
             let _ = self.chunk_bufs.try_send(job.chunk.data);

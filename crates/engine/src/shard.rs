@@ -526,12 +526,16 @@ impl Shard {
         let (price, price_source) = match (ev.price, line_now) {
             (Some(p), _) => (p, output::PriceSource::Event),
             (None, Some((p, _))) => (p, output::PriceSource::Cart),
-            (None, None) => {
-                if matches!(ev.action, Action::Add | Action::Remove | Action::UpdateQty) {
-                    self.counts.missing_price += 1;
+            // the price the user saw is the line's; the list price only stands in for it
+            (None, None) => match ev.product.as_ref().and_then(|p| p.price) {
+                Some(p) => (p, output::PriceSource::Catalog),
+                None => {
+                    if matches!(ev.action, Action::Add | Action::Remove | Action::UpdateQty) {
+                        self.counts.missing_price += 1;
+                    }
+                    (Money::ZERO, output::PriceSource::Missing)
                 }
-                (Money::ZERO, output::PriceSource::Missing)
-            }
+            },
         };
         let mut delta = UserAgg {
             events: 1,

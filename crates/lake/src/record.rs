@@ -7,12 +7,12 @@
 //! directory names, as Hive lays them out.
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Decimal128Builder, Int32Builder, StringBuilder,
-    TimestampMillisecondBuilder,
+    ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Int32Builder, Int64Builder,
+    StringBuilder, TimestampMillisecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
-use cartpulse_model::{decode_json, CartEvent, DecodeOptions, Money};
+use cartpulse_model::{decode_json, CartEvent, DecodeOptions, Money, ProductInfo, UserInfo};
 use memchr::memmem::Finder;
 use std::sync::{Arc, OnceLock};
 
@@ -53,6 +53,14 @@ pub fn schema() -> SchemaRef {
             s("price_source", true),
             money("order_value"),
             Field::new("late", DataType::Boolean, false),
+            // joined by enrichment; null without a product or user table (or on a miss)
+            s("product_name", true),
+            s("product_brand", true),
+            money("product_price"),
+            Field::new("product_stock", DataType::Int64, true),
+            s("user_segment", true),
+            s("user_region", true),
+            Field::new("user_signup_date", DataType::Date32, true),
         ]))
     })
     .clone()
@@ -81,6 +89,8 @@ pub struct ExtrasScanner {
     source: Finder<'static>,
     order_value: Finder<'static>,
     late: Finder<'static>,
+    product: Finder<'static>,
+    user: Finder<'static>,
 }
 
 impl Default for ExtrasScanner {
@@ -89,6 +99,8 @@ impl Default for ExtrasScanner {
             source: Finder::new(b",\"price_source\":\""),
             order_value: Finder::new(b",\"order_value\":"),
             late: Finder::new(b",\"late\":true"),
+            product: Finder::new(b",\"product_"),
+            user: Finder::new(b",\"user_"),
         }
     }
 }
@@ -100,6 +112,8 @@ impl ExtrasScanner {
             let v = &line[i + self.source.needle().len()..];
             x.price_source = Some(if v.starts_with(b"cart\"") {
                 "cart"
+            } else if v.starts_with(b"catalog\"") {
+                "catalog"
             } else if v.starts_with(b"missing\"") {
                 "missing"
             } else if v.starts_with(b"event\"") {
@@ -118,6 +132,83 @@ impl ExtrasScanner {
         }
         x.late = self.late.find(line).is_some();
         Ok(x)
+    }
+
+    /// The attributes enrichment appended (`product_*`, `user_*`): always the last fields,
+    /// so they are read in one pass from the first of them to the end.
+    pub fn enrichment(
+        &self,
+        line: &[u8],
+    ) -> Result<(Option<ProductInfo>, Option<UserInfo>), String> {
+        let first_user = self
+            .user
+            .find_iter(line)
+            .find(|&i| !line[i + self.user.needle().len()..].starts_with(b"id\""));
+        let start = match (self.product.find(line), first_user) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => match a.or(b) {
+                Some(i) => i,
+                None => return Ok((None, None)),
+            },
+        };
+        let (mut p, mut u) = (None::<ProductInfo>, None::<UserInfo>);
+        let mut rest = &line[start..];
+        while let Some(r) = rest.strip_prefix(b",\"") {
+            let k_end = memchr::memchr(b'"', r).ok_or("unterminated key")?;
+            let key = std::str::from_utf8(&r[..k_end]).map_err(|_| "key is not UTF-8")?;
+            let v = r[k_end + 1..]
+                .strip_prefix(b":")
+                .ok_or("no `:` after a key")?;
+            let (value, len) = json_value(v)?;
+            let set = match key.split_once('_') {
+                Some(("product", f)) => p.get_or_insert_with(Default::default).set(f, &value),
+                Some(("user", f)) => u.get_or_insert_with(Default::default).set(f, &value),
+                _ => Err("unexpected field after the enrichment fields".to_string()),
+            };
+            set.map_err(|e| format!("{key}: {e}"))?;
+            rest = &v[len..];
+        }
+        if rest != b"}" {
+            return Err("enrichment fields are not the last of the record".into());
+        }
+        Ok((p, u))
+    }
+}
+
+/// A flat JSON value (a string or a number) as text, and the bytes it took.
+fn json_value(v: &[u8]) -> Result<(std::borrow::Cow<'_, str>, usize), String> {
+    if v.first() == Some(&b'"') {
+        let mut i = 1;
+        let mut escaped = false;
+        while i < v.len() {
+            match v[i] {
+                b'\\' => {
+                    escaped = true;
+                    i += 2;
+                    continue;
+                }
+                b'"' => break,
+                _ => i += 1,
+            }
+        }
+        if i >= v.len() {
+            return Err("unterminated string".into());
+        }
+        let text = if escaped {
+            std::borrow::Cow::Owned(
+                serde_json::from_slice::<String>(&v[..=i]).map_err(|e| e.to_string())?,
+            )
+        } else {
+            std::borrow::Cow::Borrowed(std::str::from_utf8(&v[1..i]).map_err(|e| e.to_string())?)
+        };
+        Ok((text, i + 1))
+    } else {
+        let end = v
+            .iter()
+            .position(|&c| c == b',' || c == b'}')
+            .ok_or("unterminated number")?;
+        let t = std::str::from_utf8(&v[..end]).map_err(|e| e.to_string())?;
+        Ok((std::borrow::Cow::Borrowed(t), end))
     }
 }
 
@@ -139,6 +230,13 @@ pub struct Columns {
     price_source: StringBuilder,
     order_value: Decimal128Builder,
     late: BooleanBuilder,
+    product_name: StringBuilder,
+    product_brand: StringBuilder,
+    product_price: Decimal128Builder,
+    product_stock: Int64Builder,
+    user_segment: StringBuilder,
+    user_region: StringBuilder,
+    user_signup_date: Date32Builder,
     rows: usize,
 }
 
@@ -166,6 +264,13 @@ impl Default for Columns {
             price_source: StringBuilder::new(),
             order_value: money(),
             late: BooleanBuilder::new(),
+            product_name: StringBuilder::new(),
+            product_brand: StringBuilder::new(),
+            product_price: money(),
+            product_stock: Int64Builder::new(),
+            user_segment: StringBuilder::new(),
+            user_region: StringBuilder::new(),
+            user_signup_date: Date32Builder::new(),
             rows: 0,
         }
     }
@@ -199,6 +304,21 @@ impl Columns {
         self.order_value
             .append_option(x.order_value.map(|v| i128::from(v.0)));
         self.late.append_value(x.late);
+        let p = e.product.as_deref();
+        self.product_name
+            .append_option(p.and_then(|p| p.name.as_deref()));
+        self.product_brand
+            .append_option(p.and_then(|p| p.brand.as_deref()));
+        self.product_price
+            .append_option(p.and_then(|p| p.price).map(|v| i128::from(v.0)));
+        self.product_stock.append_option(p.and_then(|p| p.stock));
+        let u = e.user.as_deref();
+        self.user_segment
+            .append_option(u.and_then(|u| u.segment.as_deref()));
+        self.user_region
+            .append_option(u.and_then(|u| u.region.as_deref()));
+        self.user_signup_date
+            .append_option(u.and_then(|u| u.signup_date));
         self.rows += 1;
     }
 
@@ -221,6 +341,13 @@ impl Columns {
             Arc::new(self.price_source.finish()),
             Arc::new(self.order_value.finish()),
             Arc::new(self.late.finish()),
+            Arc::new(self.product_name.finish()),
+            Arc::new(self.product_brand.finish()),
+            Arc::new(self.product_price.finish()),
+            Arc::new(self.product_stock.finish()),
+            Arc::new(self.user_segment.finish()),
+            Arc::new(self.user_region.finish()),
+            Arc::new(self.user_signup_date.finish()),
         ];
         self.rows = 0;
         RecordBatch::try_new(schema(), cols).expect("columns match the schema")
@@ -251,8 +378,11 @@ impl RecordDecoder {
             line: String::from_utf8_lossy(line).into_owned(),
             why,
         };
-        let e = decode_json(line, &self.opts).map_err(|e| fail(e.to_string()))?;
-        let x = self.extras.scan(line).map_err(fail)?;
+        let mut e = decode_json(line, &self.opts).map_err(|e| fail(e.to_string()))?;
+        let x = self.extras.scan(line).map_err(&fail)?;
+        let (p, u) = self.extras.enrichment(line).map_err(fail)?;
+        e.product = p.map(Arc::new);
+        e.user = u.map(Arc::new);
         Ok((e, x))
     }
 }
@@ -316,6 +446,42 @@ mod tests {
                 .value(1),
             "u\"late\":true"
         );
+    }
+
+    #[test]
+    fn enrichment_fields_become_columns() {
+        use arrow::datatypes::{Date32Type, Int64Type};
+        let d = RecordDecoder::default();
+        let mut c = Columns::default();
+        let lines: [&[u8]; 3] = [
+            br#"{"event_id":"e1","ts":1,"user_id":"u1","action":"add","sku":"p1","qty":1,"price":2.5,"category":"c","price_source":"catalog","product_name":"Mug \"XL\", blue","product_brand":"Acme","product_price":2.5,"product_stock":7,"user_segment":"vip","user_region":"eu","user_signup_date":"2024-03-01"}"#,
+            br#"{"event_id":"e2","ts":2,"user_id":"user_x","action":"view","sku":"p2","user_region":"us"}"#,
+            br#"{"event_id":"e3","ts":3,"user_id":"u3","action":"view","sku":"p3"}"#,
+        ];
+        for l in lines {
+            let (e, x) = d.decode(l).unwrap();
+            c.push(&e, &x);
+        }
+        let b = c.finish();
+        let s = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().clone();
+        assert_eq!(s("product_name").value(0), "Mug \"XL\", blue");
+        assert_eq!(s("product_brand").value(0), "Acme");
+        assert_eq!(s("price_source").value(0), "catalog");
+        assert!(s("product_name").is_null(1) && s("product_name").is_null(2));
+        assert_eq!(s("user_region").value(1), "us");
+        assert!(s("user_segment").is_null(1));
+        assert!(s("user_region").is_null(2));
+        let stock = b.column_by_name("product_stock").unwrap();
+        assert_eq!(stock.as_primitive::<Int64Type>().value(0), 7);
+        let day = b.column_by_name("user_signup_date").unwrap();
+        assert_eq!(day.as_primitive::<Date32Type>().value(0), 19_783);
+        let price = b.column_by_name("product_price").unwrap();
+        assert_eq!(price.as_primitive::<Decimal128Type>().value(0), 25_000);
+        assert!(d
+            .decode(
+                br#"{"event_id":"e","ts":1,"user_id":"u","action":"view","product_stock":"many"}"#
+            )
+            .is_err());
     }
 
     #[test]

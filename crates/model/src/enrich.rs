@@ -41,7 +41,8 @@ impl ProductInfo {
             "brand" => self.brand = s(),
             "price" => {
                 self.price = Some(
-                    Money::parse_str(value).map_err(|e| format!("`{value}` is not a price: {e}"))?,
+                    Money::parse_str(value)
+                        .map_err(|e| format!("`{value}` is not a price: {e}"))?,
                 )
             }
             "stock" => {

@@ -1,8 +1,10 @@
 //! The one canonical cart event every source is decoded into.
 
+use crate::enrich::{ProductInfo, UserInfo};
 use crate::money::Money;
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// What the user did. `Remove` without a quantity removes the whole line; `Checkout`
 /// turns the cart into an order and empties it.
@@ -78,6 +80,12 @@ pub struct CartEvent {
     pub ip: Option<CompactString>,
     pub order_id: Option<CompactString>,
     pub currency: Option<CompactString>,
+    /// The product table's row for `sku`, joined by enrichment (not part of the input form).
+    #[serde(skip)]
+    pub product: Option<Arc<ProductInfo>>,
+    /// The user table's row for `user_id`, joined by enrichment.
+    #[serde(skip)]
+    pub user: Option<Arc<UserInfo>>,
 }
 
 impl CartEvent {

@@ -612,6 +612,8 @@ pub fn finish(
         ip: f.ip,
         order_id: f.order_id,
         currency: f.currency,
+        product: None,
+        user: None,
     })
 }
 
@@ -837,6 +839,7 @@ mod tests {
                 action: [Action::View, Action::Add, Action::Remove, Action::UpdateQty][act],
                 sku: Some("p1".into()), qty: Some(qty), price: Some(Money(cents * 100)),
                 category: None, device_id: None, ip: None, order_id: None, currency: None,
+                product: None, user: None,
             };
             prop_assert_eq!(d(&e.to_json_string()).unwrap(), e);
         }

@@ -2,6 +2,7 @@
 //! decoders that turn records into events — or into dead letters that say why not.
 
 pub mod csv;
+pub mod enrich;
 pub mod error;
 pub mod event;
 pub mod json;
@@ -10,6 +11,7 @@ pub mod money;
 pub mod time;
 
 pub use crate::csv::{CsvConfig, CsvDecoder};
+pub use enrich::{ProductInfo, UserInfo};
 pub use error::DecodeError;
 pub use event::{write_json_str, Action, CartEvent};
 pub use json::{decode_json, finish, DecodeOptions, RawFields};

@@ -56,15 +56,15 @@ fn snapshot(api: &Api, prev: Option<(Instant, u64)>) -> (Value, (Instant, u64)) 
             a
         })
         .collect();
-    let dead_by_reason: serde_json::Map<String, Value> = cartpulse_model::DecodeError::CODES
-        .iter()
-        .map(|c| {
-            (
-                c.to_string(),
-                json!(m.dead_letters.with_label_values(&[c]).get()),
-            )
-        })
-        .collect();
+    let dead_by_reason: serde_json::Map<String, Value> =
+        cartpulse_engine::metrics::dead_letter_codes()
+            .map(|c| {
+                (
+                    c.to_string(),
+                    json!(m.dead_letters.with_label_values(&[c]).get()),
+                )
+            })
+            .collect();
     let now_ms = cartpulse_engine::clock::Clock::now_ms(&cartpulse_engine::clock::SystemClock);
     let body = json!({
         "now_ms": now_ms,

@@ -210,6 +210,8 @@ mod tests {
             ip: None,
             order_id: None,
             currency: None,
+            product: None,
+            user: None,
         }
     }
 

@@ -280,6 +280,10 @@ pub struct CartAnalytics {
     file: RulesFile,
     compiled: Compiled,
     catalog: Catalog,
+    /// The newest stock figure (and name) enrichment joined onto an event, by sku: it
+    /// follows the product table as it is reloaded, where the catalogue file stands still.
+    /// Not checkpointed: the next event of the product brings it back.
+    live_stock: hashbrown::HashMap<CompactString, (u32, Option<CompactString>)>,
     st: State,
     vals: Vec<Value>,
     eval_errors: u64,
@@ -339,6 +343,7 @@ impl CartAnalytics {
             file,
             compiled,
             catalog,
+            live_stock: Default::default(),
             vals,
             eval_errors: 0,
         })
@@ -522,8 +527,35 @@ impl CartAnalytics {
         out.begin(Stream::Alerts).extend_from_slice(&buf);
     }
 
+    /// The stock of `sku`: enrichment's latest figure, else the catalogue's.
+    fn stock(&self, sku: &str) -> Option<u32> {
+        self.live_stock
+            .get(sku)
+            .map(|s| s.0)
+            .or_else(|| self.catalog.stock(sku))
+    }
+
+    fn product_name(&self, sku: &str) -> Option<&str> {
+        match self.live_stock.get(sku) {
+            Some((_, Some(n))) => Some(n.as_str()),
+            _ => self.catalog.name(sku),
+        }
+    }
+
     fn on_event(&mut self, e: &OpEvent, out: &mut Records) {
         let ev = &e.ev;
+        if let (Some(sku), Some(p)) = (&ev.sku, &ev.product) {
+            if let Some(st) = p.stock {
+                let st = st.clamp(0, i64::from(u32::MAX)) as u32;
+                match self.live_stock.get_mut(sku.as_str()) {
+                    Some(x) if x.0 == st => {}
+                    Some(x) => *x = (st, p.name.clone()),
+                    None => {
+                        self.live_stock.insert(sku.clone(), (st, p.name.clone()));
+                    }
+                }
+            }
+        }
         self.st.now = self.st.now.max(ev.ts);
         let now = self.st.now;
         let category: Option<CompactString> = ev.category.clone().or_else(|| {
@@ -571,7 +603,7 @@ impl CartAnalytics {
         if self.compiled.rules.rules.is_empty() {
             return;
         }
-        let stock = ev.sku.as_deref().and_then(|s| self.catalog.stock(s));
+        let stock = ev.sku.as_deref().and_then(|s| self.stock(s));
         let share = |q: i64| match stock {
             Some(st) if st > 0 => q as f64 / st as f64,
             _ => 0.0,
@@ -650,6 +682,8 @@ impl CartAnalytics {
                 ip: None,
                 order_id: None,
                 currency: None,
+                product: None,
+                user: None,
             },
             late: false,
             qty: 0,
@@ -790,7 +824,7 @@ impl CartAnalytics {
                 cartpulse_engine::output::cart_lines(&mut buf, &a.lines);
             }
             if r.spec.kind == rules::RuleKind::Inventory {
-                if let Some(stock) = e.ev.sku.as_deref().and_then(|s| self.catalog.stock(s)) {
+                if let Some(stock) = e.ev.sku.as_deref().and_then(|s| self.stock(s)) {
                     let held =
                         e.ev.sku
                             .as_deref()
@@ -954,7 +988,7 @@ impl Operator for CartAnalytics {
                     .held_total
                     .iter()
                     .filter_map(|(sku, &held)| {
-                        let stock = self.catalog.stock(sku)?;
+                        let stock = self.stock(sku)?;
                         (stock > 0).then(|| (held as f64 / f64::from(stock), sku, held, stock))
                     })
                     .collect();
@@ -962,7 +996,7 @@ impl Operator for CartAnalytics {
                 Ok(
                     json!({ "products": rows.into_iter().take(n).map(|(share, sku, held, stock)| json!({
                     "sku": sku, "held": held, "stock": stock, "held_share": share,
-                    "name": self.catalog.name(sku),
+                    "name": self.product_name(sku),
                 })).collect::<Vec<_>>() }),
                 )
             }
@@ -1056,6 +1090,8 @@ condition = "cart_value > 500"
                 ip: None,
                 order_id: None,
                 currency: None,
+                product: None,
+                user: None,
             },
             late: false,
             qty: 1,

@@ -58,6 +58,24 @@ pub struct TableConfig {
     pub default: BTreeMap<String, String>,
 }
 
+impl TableConfig {
+    /// A CSV table whose columns are named like the fields, read once.
+    pub fn csv(path: PathBuf) -> Self {
+        TableConfig {
+            from: TableFrom::Csv,
+            path: Some(path),
+            url: None,
+            table: None,
+            query: None,
+            key: None,
+            columns: BTreeMap::new(),
+            refresh: None,
+            on_miss: OnMiss::Keep,
+            default: BTreeMap::new(),
+        }
+    }
+}
+
 /// A record type a table can fill: products or users.
 pub trait Attributes: Default + Send + Sync + 'static {
     const TABLE: &'static str;
@@ -139,7 +157,11 @@ fn spec<T: Attributes>(c: &TableConfig) -> Result<TableSpec<T>, String> {
             .iter()
             .map(|f| {
                 let col = c.columns.get(*f);
-                (*f, col.cloned().unwrap_or_else(|| f.to_string()), col.is_some())
+                (
+                    *f,
+                    col.cloned().unwrap_or_else(|| f.to_string()),
+                    col.is_some(),
+                )
             })
             .collect(),
     };

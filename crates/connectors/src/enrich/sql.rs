@@ -65,10 +65,11 @@ impl SqlTable {
     async fn postgres<T: Attributes>(&self) -> Result<Loaded<T>, String> {
         use tokio_postgres::SimpleQueryMessage as M;
         let cfg: tokio_postgres::Config = self.url.parse().map_err(|e| format!("{e}"))?;
-        let (client, conn) = tokio::time::timeout(CONNECT_TIMEOUT, cfg.connect(tokio_postgres::NoTls))
-            .await
-            .map_err(|_| format!("cannot connect within {CONNECT_TIMEOUT:?}"))?
-            .map_err(|e| format!("cannot connect: {e}"))?;
+        let (client, conn) =
+            tokio::time::timeout(CONNECT_TIMEOUT, cfg.connect(tokio_postgres::NoTls))
+                .await
+                .map_err(|_| format!("cannot connect within {CONNECT_TIMEOUT:?}"))?
+                .map_err(|e| format!("cannot connect: {e}"))?;
         let conn = tokio::spawn(conn);
         let msgs = client
             .simple_query(&self.sql)
@@ -148,7 +149,10 @@ impl SqlTable {
         drop(result);
         let _ = conn.disconnect().await;
         if bad_text > 0 {
-            tracing::warn!(values = bad_text, "enrichment values that are not UTF-8 read as NULL");
+            tracing::warn!(
+                values = bad_text,
+                "enrichment values that are not UTF-8 read as NULL"
+            );
         }
         Ok(b.out)
     }

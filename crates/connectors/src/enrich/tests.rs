@@ -21,10 +21,26 @@ fn unique(prefix: &str) -> String {
 
 fn psql(sql: &str) {
     let o = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-q",
+            "-c",
+            sql,
+        ])
         .output()
         .expect("run psql");
-    assert!(o.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 fn mariadb(sql: &str) {
@@ -32,21 +48,18 @@ fn mariadb(sql: &str) {
         .args(["-h127.0.0.1", "-uroot", "test", "-e", sql])
         .output()
         .expect("run mariadb");
-    assert!(o.status.success(), "mariadb {sql}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "mariadb {sql}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 fn products_config(from: TableFrom) -> TableConfig {
     TableConfig {
         from,
         path: None,
-        url: None,
-        table: None,
-        query: None,
-        key: None,
-        columns: BTreeMap::new(),
-        refresh: None,
-        on_miss: OnMiss::Keep,
-        default: BTreeMap::new(),
+        ..TableConfig::csv(PathBuf::new())
     }
 }
 
@@ -84,7 +97,11 @@ fn check_products(e: &Enricher) {
     assert_eq!(p.brand.as_deref(), Some("Acme"));
     assert_eq!(p.price, Some(Money(129_900)));
     assert_eq!(p.stock, Some(4));
-    assert_eq!(mug.category.as_deref(), Some("kitchen"), "category filled from the table");
+    assert_eq!(
+        mug.category.as_deref(),
+        Some("kitchen"),
+        "category filled from the table"
+    );
     // NULLs stay unset
     let pen = enriched(e, "u", "pen-2");
     let p = pen.product.as_ref().unwrap();
@@ -157,7 +174,10 @@ fn csv_postgres_and_mariadb_tables_give_the_same_rows() {
         assert!(enriched(&e, "u", "pen-2").product.is_none(), "{from:?}");
         let mug = enriched(&e, "u", "mug-1");
         assert_eq!(mug.product.unwrap().price, Some(Money(129_900)), "{from:?}");
-        assert_eq!(mug.category, None, "{from:?}: no category column in the query");
+        assert_eq!(
+            mug.category, None,
+            "{from:?}: no category column in the query"
+        );
     }
     psql(&format!("DROP TABLE {table}"));
     mariadb(&format!("DROP TABLE {table}"));
@@ -193,7 +213,10 @@ fn user_tables_read_dates_in_each_database_form() {
         let u = u1.user.unwrap();
         assert_eq!(u.segment.as_deref(), Some("vip"), "{from:?}");
         assert_eq!(u.signup_date, Some(19_783), "{from:?}");
-        assert_eq!(enriched(&e, "u2", "x").user.unwrap().region.as_deref(), Some("us"));
+        assert_eq!(
+            enriched(&e, "u2", "x").user.unwrap().region.as_deref(),
+            Some("us")
+        );
         let miss = e.snapshot().apply(&mut ev("u9", "x")).unwrap_err();
         assert_eq!(miss.reason, "enrich_user_missing", "{from:?}");
     }
@@ -204,7 +227,9 @@ fn user_tables_read_dates_in_each_database_form() {
 #[test]
 fn a_table_that_changes_is_seen_after_a_reload() {
     let table = unique("stock");
-    psql(&format!("CREATE TABLE {table} (sku TEXT PRIMARY KEY, stock INT)"));
+    psql(&format!(
+        "CREATE TABLE {table} (sku TEXT PRIMARY KEY, stock INT)"
+    ));
     psql(&format!("INSERT INTO {table} VALUES ('mug-1', 10)"));
     let mut c = products_config(TableFrom::Postgres);
     c.url = Some(PG_URL.into());
@@ -217,9 +242,17 @@ fn a_table_that_changes_is_seen_after_a_reload() {
     .unwrap();
     assert_eq!(enriched(&e, "u", "mug-1").product.unwrap().stock, Some(10));
     psql(&format!("UPDATE {table} SET stock = 2"));
-    assert_eq!(enriched(&e, "u", "mug-1").product.unwrap().stock, Some(10), "before");
+    assert_eq!(
+        enriched(&e, "u", "mug-1").product.unwrap().stock,
+        Some(10),
+        "before"
+    );
     e.reload().unwrap();
-    assert_eq!(enriched(&e, "u", "mug-1").product.unwrap().stock, Some(2), "after");
+    assert_eq!(
+        enriched(&e, "u", "mug-1").product.unwrap().stock,
+        Some(2),
+        "after"
+    );
     // the table goes away: the reload fails, the rows stay
     psql(&format!("DROP TABLE {table}"));
     let err = e.reload().unwrap_err().to_string();
@@ -242,10 +275,16 @@ fn bad_config_and_unreadable_tables_fail_at_start_naming_the_key() {
     assert!(e.contains("enrich.products.path"), "{e}");
     c.path = Some("/nonexistent/products.csv".into());
     let e = build1(c.clone());
-    assert!(e.contains("products") && e.contains("/nonexistent/products.csv"), "{e}");
+    assert!(
+        e.contains("products") && e.contains("/nonexistent/products.csv"),
+        "{e}"
+    );
     c.columns.insert("colour".into(), "c".into());
     let e = build1(c.clone());
-    assert!(e.contains("enrich.products.columns.colour") && e.contains("brand"), "{e}");
+    assert!(
+        e.contains("enrich.products.columns.colour") && e.contains("brand"),
+        "{e}"
+    );
     c.columns.clear();
     c.on_miss = OnMiss::Default;
     let e = build1(c.clone());
@@ -259,7 +298,10 @@ fn bad_config_and_unreadable_tables_fail_at_start_naming_the_key() {
     assert!(e.contains("enrich.products.url"), "{e}");
     c.url = Some(PG_URL.into());
     let e = build1(c.clone());
-    assert!(e.contains("enrich.products.table") && e.contains("query"), "{e}");
+    assert!(
+        e.contains("enrich.products.table") && e.contains("query"),
+        "{e}"
+    );
     c.table = Some("products; DROP TABLE x".into());
     let e = build1(c.clone());
     assert!(e.contains("enrich.products.table"), "{e}");
@@ -313,7 +355,10 @@ fn unreadable_rows_are_skipped_and_counted_not_fatal() {
         text.contains("cartpulse_enrich_bad_rows_total{table=\"products\"} 4"),
         "{text}"
     );
-    assert!(text.contains("cartpulse_enrich_rows{table=\"products\"} 1"), "{text}");
+    assert!(
+        text.contains("cartpulse_enrich_rows{table=\"products\"} 1"),
+        "{text}"
+    );
     // the first row of a repeated key is the one kept
     assert_eq!(
         enriched(&e, "u", "A").product.unwrap().price,
