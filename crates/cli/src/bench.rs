@@ -57,6 +57,8 @@ enum What {
     },
     /// Kafka: a group member's pipeline against the raw consume rate on the same topic.
     Kafka(crate::bench_kafka::KafkaBenchArgs),
+    /// Redis Streams and RabbitMQ: the pipeline against the raw rate of the same client.
+    Sources(crate::bench_sources::SourcesBenchArgs),
     /// Checkpoint cost with many active carts.
     Checkpoint {
         #[arg(long, default_value_t = 1_000_000)]
@@ -85,6 +87,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         } => latency(rate, seconds, shards, &checkpoint_interval),
         What::Decode { events } => decode(events),
         What::Kafka(k) => crate::bench_kafka::run(k),
+        What::Sources(s) => crate::bench_sources::run(s),
         What::Checkpoint {
             carts,
             lines,

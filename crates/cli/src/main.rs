@@ -3,6 +3,7 @@
 mod analytics;
 mod bench;
 mod bench_kafka;
+mod bench_sources;
 mod config;
 mod fpgrowth;
 mod group;
