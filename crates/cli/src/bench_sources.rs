@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 pub struct SourcesBenchArgs {
     #[arg(long, default_value_t = 500_000)]
     events: u64,
-    /// Which sources: redis, rabbitmq.
-    #[arg(long, value_delimiter = ',', default_value = "redis,rabbitmq")]
+    /// Which sources: redis, rabbitmq, http (the `POST /ingest` journal: load is the
+    /// journal's accept rate without the network, raw read is plain file reads of it), cdc
+    /// (a private MariaDB with the binlog on: needs the `mariadb-server` package).
+    #[arg(long, value_delimiter = ',', default_value = "redis,rabbitmq,http")]
     which: Vec<String>,
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
@@ -88,7 +90,42 @@ pub fn run(a: SourcesBenchArgs) -> Result<()> {
                 rt.block_on(amqp_drop(&a.amqp_url, &[&q_raw, &q_pipe]))?;
                 (load, raw, pipe)
             }
-            other => bail!("--which: unknown source `{other}` (expected redis or rabbitmq)"),
+            "http" => {
+                let journal_dir = a.dir.join(format!("journal-{tag}"));
+                let _ = std::fs::remove_dir_all(&journal_dir);
+                let cfg = cartpulse_connectors::http_ingest::HttpIngestConfig {
+                    journal_dir: journal_dir.clone(),
+                    max_pending_bytes: u64::MAX / 2,
+                    ..Default::default()
+                };
+                let load = {
+                    let built = build_source(&SourceConfig::Http(Box::new(cfg.clone())), 1 << 20)
+                        .map_err(anyhow::Error::msg)?;
+                    let journal = built.ingest.context("an http source has a journal")?;
+                    let t = Instant::now();
+                    let mut body = Vec::with_capacity(1 << 20);
+                    for chunk in lines.chunks(1000) {
+                        body.clear();
+                        for l in chunk {
+                            body.extend_from_slice(l);
+                            body.push(b'\n');
+                        }
+                        let r = journal.append(&body).map_err(|e| anyhow::anyhow!("{e}"))?;
+                        if r.accepted != chunk.len() as u64 {
+                            bail!("http: {} of {} lines accepted", r.accepted, chunk.len());
+                        }
+                    }
+                    t.elapsed().as_secs_f64()
+                };
+                let raw = journal_raw(&journal_dir)?;
+                let pipe = pipeline(&a, "http", SourceConfig::Http(Box::new(cfg)), n)?;
+                let _ = std::fs::remove_dir_all(&journal_dir);
+                (load, raw, pipe)
+            }
+            "cdc" => cdc(&a, n)?,
+            other => {
+                bail!("--which: unknown source `{other}` (expected redis, rabbitmq, http or cdc)")
+            }
         };
         let rate = |s: f64| format!("{:.0} k/s ({s:.2} s)", n as f64 / s / 1e3);
         println!(
@@ -105,8 +142,13 @@ pub fn run(a: SourcesBenchArgs) -> Result<()> {
 /// Runs the pipeline on `source` until every event was applied; seconds from its first
 /// record to the last event applied.
 fn pipeline(a: &SourcesBenchArgs, name: &str, source: SourceConfig, n: u64) -> Result<f64> {
+    let _ = std::fs::remove_dir_all(a.dir.join(name));
+    pipeline_resumed(a, name, source, n)
+}
+
+/// `pipeline` from the checkpoint an earlier run of `name` left.
+fn pipeline_resumed(a: &SourcesBenchArgs, name: &str, source: SourceConfig, n: u64) -> Result<f64> {
     let run = a.dir.join(name);
-    let _ = std::fs::remove_dir_all(&run);
     let mut cfg = PipelineConfig::default();
     cfg.checkpoint.dir = Some(run.join("chk"));
     cfg.checkpoint.interval = a.checkpoint_interval;
@@ -141,6 +183,112 @@ fn pipeline(a: &SourcesBenchArgs, name: &str, source: SourceConfig, n: u64) -> R
     handle.stop();
     handle.join()?;
     Ok(secs)
+}
+
+/// Binlog CDC: a first run on the empty table checkpoints its binlog position; N rows are
+/// inserted (the load); a second run catches up on them from the binlog (the pipeline);
+/// `mysql_async`'s binlog stream reads the same binlog and decodes every row (raw).
+fn cdc(a: &SourcesBenchArgs, n: u64) -> Result<(f64, f64, f64)> {
+    use cartpulse_connectors::mysql_cdc::{testkit::MariaDb, CartTableConfig, MysqlCdcConfig};
+    use mysql_async::prelude::Queryable;
+    let db = MariaDb::start(&["--binlog-row-metadata=FULL"]);
+    db.sql(
+        "CREATE DATABASE shop; CREATE TABLE shop.cart_items (id INT PRIMARY KEY, \
+         user_id VARCHAR(32) NOT NULL, sku VARCHAR(32) NOT NULL, qty INT NOT NULL, \
+         price DECIMAL(10,2) NOT NULL, updated_at DATETIME(3) NOT NULL) ENGINE=InnoDB",
+    );
+    let source = SourceConfig::MysqlCdc(Box::new(MysqlCdcConfig {
+        url: db.url("shop"),
+        server_id: 950,
+        cart_items: Some(CartTableConfig::default()),
+        orders: None,
+        ..Default::default()
+    }));
+    pipeline(a, "cdc", source.clone(), 0)?;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let url = db.url("shop");
+    let load = rt.block_on(async {
+        let mut c = mysql_async::Conn::new(mysql_async::Opts::from_url(&url)?).await?;
+        let t = Instant::now();
+        let mut sql = String::new();
+        for start in (0..n).step_by(1000) {
+            sql.clear();
+            sql.push_str("INSERT INTO cart_items VALUES ");
+            for i in start..(start + 1000).min(n) {
+                if i > start {
+                    sql.push(',');
+                }
+                sql.push_str(&format!(
+                    "({i},'u{:06}','p{:05}',{},{}.{:02},FROM_UNIXTIME({}))",
+                    i % 100_000,
+                    i % 10_000,
+                    1 + i % 3,
+                    1 + i % 200,
+                    i % 100,
+                    1_764_000_000 + i / 100
+                ));
+            }
+            c.query_drop(&sql).await?;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        c.disconnect().await?;
+        anyhow::Ok(secs)
+    })?;
+    let pipe = pipeline_resumed(a, "cdc", source, n)?;
+    let raw = rt.block_on(async {
+        let mut c = mysql_async::Conn::new(mysql_async::Opts::from_url(&url)?).await?;
+        let first: Option<(String, u64)> = c.query_first("SHOW BINARY LOGS").await?;
+        let (file, _) = first.context("no binary log")?;
+        c.query_drop("SET @mariadb_slave_capability = 4").await?;
+        let t = Instant::now();
+        let req = mysql_async::BinlogStreamRequest::new(951)
+            .with_filename(file.as_bytes())
+            .with_pos(4u64);
+        let mut stream = c.get_binlog_stream(req).await?;
+        let (mut rows, mut sum) = (0u64, 0u64);
+        while rows < n {
+            use futures_util::StreamExt;
+            use mysql_async::binlog::events::EventData;
+            let ev = tokio::time::timeout(Duration::from_secs(30), stream.next())
+                .await
+                .context("cdc raw read: no binlog event for 30 s")?
+                .context("cdc raw read: the stream ended")??;
+            if let Some(EventData::RowsEvent(r)) = ev.read_data()? {
+                let tme = stream
+                    .get_tme(r.table_id())
+                    .context("a rows event without its table map")?;
+                for row in r.rows(tme) {
+                    let (_, after) = row?;
+                    if let Some(after) = after {
+                        // the iterator has decoded every column, as the source needs
+                        sum = sum.wrapping_add(after.len() as u64);
+                        rows += 1;
+                    }
+                }
+            }
+        }
+        std::hint::black_box(sum);
+        anyhow::Ok(t.elapsed().as_secs_f64())
+    })?;
+    Ok((load, raw, pipe))
+}
+
+/// Reads the journal's segments with plain file reads, counting lines: the floor under the
+/// HTTP source, which reads the same files.
+fn journal_raw(dir: &std::path::Path) -> Result<f64> {
+    let t = Instant::now();
+    let mut lines = 0usize;
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_file() {
+            lines += memchr::memchr_iter(b'\n', &std::fs::read(&p)?).count();
+        }
+    }
+    std::hint::black_box(lines);
+    Ok(t.elapsed().as_secs_f64())
 }
 
 fn redis_conn(url: &str) -> Result<redis::Connection> {
