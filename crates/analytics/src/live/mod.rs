@@ -284,6 +284,10 @@ pub struct CartAnalytics {
     /// follows the product table as it is reloaded, where the catalogue file stands still.
     /// Not checkpointed: the next event of the product brings it back.
     live_stock: hashbrown::HashMap<CompactString, (u32, Option<CompactString>)>,
+    /// Each user's enrichment row as last seen on an event, for abandoned-cart rules that
+    /// read `segment` or `region` (kept only while a rule does; not checkpointed, so after a
+    /// restart a user's next event brings it back).
+    user_info: hashbrown::HashMap<CompactString, Arc<cartpulse_model::UserInfo>>,
     st: State,
     vals: Vec<Value>,
     eval_errors: u64,
@@ -344,6 +348,7 @@ impl CartAnalytics {
             compiled,
             catalog,
             live_stock: Default::default(),
+            user_info: Default::default(),
             vals,
             eval_errors: 0,
         })
@@ -556,6 +561,21 @@ impl CartAnalytics {
                 }
             }
         }
+        if let Some(u) = &ev.user {
+            let reads_user =
+                self.compiled.reads.iter().any(|&id| {
+                    matches!(self.compiled.table.names[id].as_str(), "segment" | "region")
+                });
+            if reads_user {
+                match self.user_info.get_mut(ev.user_id.as_str()) {
+                    Some(x) if Arc::ptr_eq(x, u) => {}
+                    Some(x) => *x = u.clone(),
+                    None => {
+                        self.user_info.insert(ev.user_id.clone(), u.clone());
+                    }
+                }
+            }
+        }
         self.st.now = self.st.now.max(ev.ts);
         let now = self.st.now;
         let category: Option<CompactString> = ev.category.clone().or_else(|| {
@@ -619,6 +639,21 @@ impl CartAnalytics {
                 "sku" => s(ev.sku.as_deref().unwrap_or("")),
                 "category" => s(category.unwrap_or("")),
                 "device_id" => s(ev.device_id.as_deref().unwrap_or("")),
+                "brand" => s(ev
+                    .product
+                    .as_ref()
+                    .and_then(|p| p.brand.as_deref())
+                    .unwrap_or("")),
+                "segment" => s(ev
+                    .user
+                    .as_ref()
+                    .and_then(|u| u.segment.as_deref())
+                    .unwrap_or("")),
+                "region" => s(ev
+                    .user
+                    .as_ref()
+                    .and_then(|u| u.region.as_deref())
+                    .unwrap_or("")),
                 "ip" => s(ev.ip.as_deref().unwrap_or("")),
                 "qty" => Value::Int(i64::from(e.qty)),
                 "price" => Value::Float(money(e.price)),
@@ -662,6 +697,17 @@ impl CartAnalytics {
                 "hour" => Value::Int(a.abandoned_at.div_euclid(3_600_000).rem_euclid(24)),
                 "quiet_ms" => Value::Int(now - a.last_activity),
                 "intent" => Value::Float(self.st.intent.score(&a.user_id).unwrap_or(0.0)),
+                "segment" | "region" => {
+                    let u = self.user_info.get(a.user_id.as_str());
+                    let f = |u: &cartpulse_model::UserInfo| {
+                        if self.compiled.table.names[id] == "segment" {
+                            u.segment.clone()
+                        } else {
+                            u.region.clone()
+                        }
+                    };
+                    s(u.and_then(|u| f(u)).as_deref().unwrap_or(""))
+                }
                 _ => continue, // not defined for abandoned carts: keeps its last value
             };
             self.vals[id] = v;
@@ -1103,6 +1149,82 @@ condition = "cart_value > 500"
             order_value: Money::ZERO,
             orders: 0,
         }))
+    }
+
+    #[test]
+    fn rules_read_the_enriched_brand_segment_and_region() {
+        let mut a = CartAnalytics::new(AnalyticsConfig::default(), RulesFile::default()).unwrap();
+        let rules = r#"
+[[rules]]
+name = "vip_adds_acme"
+condition = "action == 'add' && segment == 'vip' && brand == 'Acme'"
+[[rules]]
+name = "vip_abandoned"
+on = "abandoned"
+condition = "segment == 'vip' && region == 'eu'"
+"#;
+        a.request("reload_rules", &serde_json::json!({ "toml": rules }))
+            .unwrap();
+        let vip = Arc::new(cartpulse_model::UserInfo {
+            segment: Some("vip".into()),
+            region: Some("eu".into()),
+            ..Default::default()
+        });
+        let acme = Arc::new(cartpulse_model::ProductInfo {
+            brand: Some("Acme".into()),
+            ..Default::default()
+        });
+        let with = |user: &str, ts: i64, u: Option<&Arc<cartpulse_model::UserInfo>>| {
+            let mut e = event(user, ts, Action::Add, None);
+            if let OpInput::Event(ev) = &mut e {
+                ev.ev.user = u.cloned();
+                ev.ev.product = Some(acme.clone());
+            }
+            e
+        };
+        let mut out = Records::default();
+        a.on_input(&with("u1", 1_000, Some(&vip)), &mut out);
+        a.on_input(&with("u2", 2_000, None), &mut out);
+        for user in ["u1", "u2"] {
+            a.on_input(
+                &OpInput::Abandoned(Box::new(cartpulse_engine::OpAbandoned {
+                    user_id: user.into(),
+                    session_id: None,
+                    last_activity: 2_000,
+                    abandoned_at: 3_600_000,
+                    items: 1,
+                    value: Money::ZERO,
+                    lines: Vec::new(),
+                })),
+                &mut out,
+            );
+        }
+        let alerts = a.request("alerts", &serde_json::Value::Null).unwrap();
+        let fired: Vec<(String, String)> = alerts["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| {
+                (
+                    x["rule"].as_str().unwrap().to_string(),
+                    x["user_id"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert!(
+            fired.contains(&("vip_adds_acme".into(), "u1".into())),
+            "{fired:?}"
+        );
+        assert!(
+            fired.contains(&("vip_abandoned".into(), "u1".into())),
+            "{fired:?}"
+        );
+        assert!(
+            !fired
+                .iter()
+                .any(|(r, u)| u == "u2" && r.starts_with("vip_")),
+            "u2 has no user row: {fired:?}"
+        );
     }
 
     /// The stream's conversion and retention equal a batch recomputation over the same events.

@@ -148,6 +148,21 @@ pub const VARIABLES: &[(&str, VarType, &str)] = &[
         "the product's category (event or catalogue)",
     ),
     ("device_id", VarType::Str, "device (empty when absent)"),
+    (
+        "brand",
+        VarType::Str,
+        "the product's brand from [enrich.products] (empty when unknown)",
+    ),
+    (
+        "segment",
+        VarType::Str,
+        "the user's segment from [enrich.users] (empty when unknown)",
+    ),
+    (
+        "region",
+        VarType::Str,
+        "the user's region from [enrich.users] (empty when unknown)",
+    ),
     ("ip", VarType::Str, "client address (empty when absent)"),
     ("qty", VarType::Int, "quantity as applied"),
     ("price", VarType::Float, "unit price as applied"),
