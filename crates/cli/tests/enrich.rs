@@ -12,7 +12,7 @@ use cartpulse_lake::arrow::array::{Array, AsArray, RecordBatch};
 use cartpulse_lake::arrow::datatypes::{Date32Type, Int64Type};
 use cartpulse_lake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use common::{bin, lines};
-use live::{free_port, request, wait_for, Proc};
+use live::{free_port, request, wait_for, wait_ready, Proc};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -151,16 +151,7 @@ on_miss = "dead_letter"
     let mut c = Command::new(bin());
     c.args(["run", "--config"]).arg(&cfg);
     let mut p = Proc::spawn("cartpulse", c, &d.join("run.log"));
-    wait_for(
-        "cartpulse to be ready",
-        Duration::from_secs(20),
-        Duration::from_millis(50),
-        || match request(addr, "GET", "/readyz", &[], b"") {
-            Ok(r) if r.status == 200 => Ok(()),
-            Ok(r) => Err(r.text()),
-            Err(e) => Err(e.to_string()),
-        },
-    );
+    wait_ready(addr);
 
     post(
         addr,

@@ -6,7 +6,7 @@ mod common;
 mod live;
 
 use common::{bin, lines};
-use live::{free_port, request, wait_for, Proc};
+use live::{free_port, request, wait_for, wait_ready, Proc};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
@@ -19,19 +19,6 @@ fn start(cfg: &Path, log: &Path) -> Proc {
     let mut c = Command::new(bin());
     c.args(["run", "--config"]).arg(cfg);
     Proc::spawn("cartpulse", c, log)
-}
-
-fn ready(addr: SocketAddr) {
-    wait_for(
-        "cartpulse to be ready",
-        Duration::from_secs(20),
-        Duration::from_millis(50),
-        || match request(addr, "GET", "/readyz", &[], b"") {
-            Ok(r) if r.status == 200 => Ok(()),
-            Ok(r) => Err(r.text()),
-            Err(e) => Err(e.to_string()),
-        },
-    )
 }
 
 fn post(addr: SocketAddr, token: &str, body: &[u8]) -> live::Resp {
@@ -99,7 +86,7 @@ ingest_token = "{INGEST}"
     .unwrap();
 
     let mut p = start(&cfg, &d.join("run1.log"));
-    ready(addr);
+    wait_ready(addr);
 
     // the ingest token and only it; the body limit of the source
     let body = format!("{}\n", event(0));
@@ -142,7 +129,7 @@ ingest_token = "{INGEST}"
     let _ = p.stop(Duration::from_secs(5));
 
     let mut p = start(&cfg, &d.join("run2.log"));
-    ready(addr);
+    wait_ready(addr);
     let more: Vec<String> = (800..1000).map(event).collect();
     let r = post(addr, INGEST, more.join("\n").as_bytes());
     assert_eq!(r.json()["accepted"], 200, "{}", r.text());

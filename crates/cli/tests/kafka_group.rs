@@ -15,7 +15,7 @@ mod live;
 use cartpulse_kafka::rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use cartpulse_kafka::rdkafka::ClientConfig;
 use common::{cmd, gen, lines, replay};
-use live::{free_port, wait_for, Proc};
+use live::{free_port, stop_all, wait_for, Proc};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -476,15 +476,7 @@ fn three_members_one_killed_and_restarted_equal_replay() {
     producer.join().expect("producer");
     let mut procs = vec![a, b2, c];
     s.wait_finished(&mut procs);
-    for p in procs.iter_mut() {
-        let st = p.stop(Duration::from_secs(30));
-        assert!(
-            st.is_some_and(|s| s.success()),
-            "{} exit {st:?}\n{}",
-            p.name,
-            p.log_tail(30)
-        );
-    }
+    stop_all(&mut procs, Duration::from_secs(30));
     // The partitions of the killed member were taken over from its checkpoints, at the
     // offset they recorded, not re-read from the start of the partition.
     let after: Vec<(String, Option<i64>)> =
@@ -749,15 +741,7 @@ fn unkeyed_input_is_rekeyed_by_user_through_an_internal_topic() {
     producer.join().expect("producer");
     let mut procs = vec![a, b2];
     s.wait_finished(&mut procs);
-    for p in procs.iter_mut() {
-        let st = p.stop(Duration::from_secs(30));
-        assert!(
-            st.is_some_and(|s| s.success()),
-            "{} exit {st:?}\n{}",
-            p.name,
-            p.log_tail(30)
-        );
-    }
+    stop_all(&mut procs, Duration::from_secs(30));
     // The oracle is the internal topic as the tasks read it: each of its partitions replayed
     // alone must give exactly the group's output.
     let copied = dump_partitions(&s.broker.addr, &s.task_topic, s.dir.path());
@@ -929,15 +913,7 @@ fn members_without_a_shared_directory_share_checkpoints_through_s3() {
             }
         },
     );
-    for p in procs.iter_mut() {
-        let st = p.stop(Duration::from_secs(30));
-        assert!(
-            st.is_some_and(|s| s.success()),
-            "{} exit {st:?}\n{}",
-            p.name,
-            p.log_tail(30)
-        );
-    }
+    stop_all(&mut procs, Duration::from_secs(30));
     // the killed member's partitions resumed from the bucket at a checkpoint offset, in
     // processes whose own directories never held them before
     let after: Vec<(String, Option<i64>)> =

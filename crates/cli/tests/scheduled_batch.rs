@@ -5,7 +5,7 @@ mod common;
 mod live;
 
 use common::bin;
-use live::{free_port, request, wait_for, Proc};
+use live::{free_port, request, wait_for, wait_ready, Proc};
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
@@ -74,16 +74,7 @@ addr = "{addr}"
     let mut c = Command::new(bin());
     c.args(["run", "--config"]).arg(&cfg);
     let mut p = Proc::spawn("cartpulse", c, &d.join("run.log"));
-    wait_for(
-        "ready",
-        Duration::from_secs(20),
-        Duration::from_millis(50),
-        || match request(addr, "GET", "/readyz", &[], b"") {
-            Ok(r) if r.status == 200 => Ok(()),
-            Ok(r) => Err(r.text()),
-            Err(e) => Err(e.to_string()),
-        },
-    );
+    wait_ready(addr);
     // three hours of event time: the first hours close, so the batch has a horizon
     let body: String = (0..1200u64)
         .map(|i| {

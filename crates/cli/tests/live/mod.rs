@@ -44,6 +44,33 @@ pub fn wait_for<T>(
     }
 }
 
+/// Waits until `/readyz` on `addr` answers 200 (sources connected, state restored).
+pub fn wait_ready(addr: SocketAddr) {
+    wait_for(
+        "cartpulse to be ready",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || match request(addr, "GET", "/readyz", &[], b"") {
+            Ok(r) if r.status == 200 => Ok(()),
+            Ok(r) => Err(r.text()),
+            Err(e) => Err(e.to_string()),
+        },
+    )
+}
+
+/// Stops every process gracefully and asserts each exited successfully.
+pub fn stop_all(procs: &mut [Proc], grace: Duration) {
+    for p in procs.iter_mut() {
+        let st = p.stop(grace);
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "{} exit {st:?}\n{}",
+            p.name,
+            p.log_tail(30)
+        );
+    }
+}
+
 /// A child process in its own process group, with stdout and stderr in a log file.
 /// Dropping it sends SIGTERM to the process, waits up to 5 s for it to exit (a browser
 /// takes its helper processes down with it), then SIGKILLs whatever is left of the group
