@@ -8,14 +8,12 @@
 mod common;
 mod live;
 
-use cartpulse_lake::arrow::array::{Array, AsArray, RecordBatch};
+use cartpulse_lake::arrow::array::{Array, AsArray};
 use cartpulse_lake::arrow::datatypes::{Date32Type, Int64Type};
-use cartpulse_lake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use common::{bin, lines};
 use live::{free_port, request, wait_for, wait_ready, Proc};
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -67,22 +65,6 @@ fn metric(addr: SocketAddr, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no series {series}"))
-}
-
-fn parquet_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 #[test]
@@ -303,19 +285,7 @@ on_miss = "dead_letter"
     );
 
     // the archive holds the attributes as typed columns
-    let files = parquet_files(&lake);
-    assert!(!files.is_empty(), "no archive files");
-    let batches: Vec<RecordBatch> = files
-        .iter()
-        .flat_map(|f| {
-            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(f).unwrap())
-                .unwrap()
-                .build()
-                .unwrap()
-                .map(Result::unwrap)
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let batches = common::read_parquet(&lake);
     let mut seen = 0;
     for b in &batches {
         let ids = b.column_by_name("event_id").unwrap().as_string::<i32>();

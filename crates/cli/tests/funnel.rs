@@ -23,7 +23,6 @@ mod live;
 use cartpulse_lake::arrow::array::{Array, AsArray, RecordBatch};
 use cartpulse_lake::arrow::compute::cast;
 use cartpulse_lake::arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type};
-use cartpulse_lake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Debug;
@@ -115,39 +114,9 @@ fn parse_lines(text: &str) -> Vec<Line> {
         .collect()
 }
 
-/// Every Parquet file under `dir`.
-fn parquet_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// The rows of a batch view (all its day partitions).
 fn read_view(out: &Path, view: &str) -> Vec<RecordBatch> {
-    let files = parquet_files(&out.join(view));
-    assert!(!files.is_empty(), "batch view {view} has no files");
-    files
-        .iter()
-        .flat_map(|f| {
-            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(f).unwrap())
-                .unwrap()
-                .build()
-                .unwrap()
-                .map(Result::unwrap)
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    common::read_parquet(&out.join(view))
 }
 
 fn col(b: &RecordBatch, name: &str, to: &DataType) -> std::sync::Arc<dyn Array> {

@@ -23,19 +23,25 @@ use std::time::{Duration, Instant};
 const PARTITIONS: usize = 8;
 const TOPIC: &str = "cart-events";
 
-fn tansu() -> PathBuf {
+/// A server the test script installs under the target directory (`rel`), or a panic naming
+/// the script that installs it.
+fn installed(rel: &str, what: &str, script: &str) -> PathBuf {
     let target = common::bin()
         .parent()
         .and_then(Path::parent)
         .expect("target dir")
         .to_path_buf();
-    let p = target.join("tansu/tansu");
+    let p = target.join(rel);
     assert!(
         p.exists(),
-        "the Kafka-API broker is missing at {}: scripts/test.sh installs it (scripts/services.d/kafka.sh)",
+        "{what} is missing at {}: scripts/test.sh installs it (scripts/services.d/{script})",
         p.display()
     );
     p
+}
+
+fn tansu() -> PathBuf {
+    installed("tansu/tansu", "the Kafka-API broker", "kafka.sh")
 }
 
 struct Broker {
@@ -783,18 +789,11 @@ fn unkeyed_input_is_rekeyed_by_user_through_an_internal_topic() {
 }
 
 fn moto_server() -> PathBuf {
-    let target = common::bin()
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf();
-    let p = target.join("moto-venv/bin/moto_server");
-    assert!(
-        p.exists(),
-        "the S3-compatible server is missing at {}: scripts/test.sh installs it (scripts/services.d/s3.sh)",
-        p.display()
-    );
-    p
+    installed(
+        "moto-venv/bin/moto_server",
+        "the S3-compatible server",
+        "s3.sh",
+    )
 }
 
 /// Members on "different machines": each has its own local checkpoint directory and shares

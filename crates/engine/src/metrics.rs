@@ -34,6 +34,10 @@ pub struct Metrics {
     pub pipeline_latency_us: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
 }
 
+/// How many reasons `dead_letter_codes` lists.
+pub const DEAD_LETTER_CODES: usize =
+    cartpulse_model::DecodeError::CODES.len() + crate::enrich::DEAD_LETTER_CODES.len();
+
 /// Every reason a record can be dead-lettered for: decoding, then enrichment.
 pub fn dead_letter_codes() -> impl Iterator<Item = &'static str> {
     cartpulse_model::DecodeError::CODES

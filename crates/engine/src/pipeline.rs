@@ -623,6 +623,13 @@ impl Reader {
     }
 }
 
+/// Counts one dead letter under its reason (a reason not in the list has no counter).
+fn count_dead(counts: &mut [u64; crate::metrics::DEAD_LETTER_CODES], reason: &str) {
+    if let Some(i) = crate::metrics::dead_letter_codes().position(|c| c == reason) {
+        counts[i] += 1;
+    }
+}
+
 struct DecoderTask {
     event_bufs: Receiver<Vec<Routed>>,
     chunk_bufs: Sender<Vec<u8>>,
@@ -637,7 +644,8 @@ struct DecoderTask {
 impl DecoderTask {
     fn run(self, jobs: Receiver<Job>) {
         let n = self.outs.len();
-        let mut dead_counts = [0u64; cartpulse_model::DecodeError::CODES.len()];
+        // by `metrics::dead_letter_codes()`: decoding's reasons, then enrichment's
+        let mut dead_counts = [0u64; crate::metrics::DEAD_LETTER_CODES];
         for job in jobs {
             let mut subs: Vec<SubBatch> = (0..n)
                 .map(|_| SubBatch {
@@ -660,78 +668,54 @@ impl DecoderTask {
             let mut decoded = 0u64;
             // the tables as of this chunk: a reload in the middle of it is seen by the next
             let mut view = self.enricher.as_ref().map(|e| e.snapshot());
-            let mut enrich_dead = [0u64; crate::enrich::DEAD_LETTER_CODES.len()];
             let mut visit = |rec: &[u8], offset: u64, subs: &mut Vec<SubBatch>| {
                 records += 1;
-                let decoded_ev = self.decoder.decode(rec);
-                let decoded_ev = match (decoded_ev, &mut view) {
-                    (Ok(mut ev), Some(v)) => match v.apply(&mut ev) {
-                        Ok(()) => Ok(ev),
-                        Err(miss) => {
-                            if let Some(i) = crate::enrich::DEAD_LETTER_CODES
-                                .iter()
-                                .position(|c| *c == miss.reason)
-                            {
-                                enrich_dead[i] += 1;
-                            }
-                            subs[dead_to].dead.push(DeadLetter {
-                                reason: miss.reason,
-                                detail: miss.detail,
-                                source: self.source_name.clone(),
-                                position: offset.to_string(),
-                                raw: rec.to_vec(),
-                                original_len: None,
-                            });
-                            return;
-                        }
-                    },
-                    (r, _) => r,
+                let mut dead = |reason, detail, raw, original_len| {
+                    count_dead(&mut dead_counts, reason);
+                    subs[dead_to].dead.push(DeadLetter {
+                        reason,
+                        detail,
+                        source: self.source_name.clone(),
+                        position: offset.to_string(),
+                        raw,
+                        original_len,
+                    });
                 };
-                match decoded_ev {
-                    Ok(ev) => {
-                        decoded += 1;
-                        let user_hash = key_hash(ev.user_id.as_bytes());
-                        let kg = key_group(user_hash, self.key_groups);
-                        let s = shard_of(kg, self.key_groups, n as u32) as usize;
-                        let ts = ev.ts;
-                        // dedup is by (user, event id): copies of an event carry the same
-                        // user, and another user's event is never dropped for a reused id
-                        let id_hash =
-                            xxhash_rust::xxh3::xxh3_64_with_seed(ev.event_id.as_bytes(), user_hash);
-                        subs[s].events.push(Routed {
-                            kg,
-                            pos: (records - 1) as u32,
-                            id_hash,
-                            user_hash,
-                            max_before: max_so_far,
-                            ev,
-                        });
-                        max_so_far = max_so_far.max(ts);
-                    }
+                let mut ev = match self.decoder.decode(rec) {
+                    Ok(ev) => ev,
                     Err(e) => {
-                        let code = e.code();
-                        if let Some(i) = cartpulse_model::DecodeError::CODES
-                            .iter()
-                            .position(|c| *c == code)
-                        {
-                            dead_counts[i] += 1;
-                        }
                         let (raw, original_len) = match e {
                             cartpulse_model::DecodeError::TooLong { limit, len } => {
                                 (rec[..limit.min(rec.len())].to_vec(), Some(len))
                             }
                             _ => (rec.to_vec(), None),
                         };
-                        subs[dead_to].dead.push(DeadLetter {
-                            reason: code,
-                            detail: e.to_string(),
-                            source: self.source_name.clone(),
-                            position: offset.to_string(),
-                            raw,
-                            original_len,
-                        });
+                        return dead(e.code(), e.to_string(), raw, original_len);
+                    }
+                };
+                if let Some(v) = &mut view {
+                    if let Err(miss) = v.apply(&mut ev) {
+                        return dead(miss.reason, miss.detail, rec.to_vec(), None);
                     }
                 }
+                decoded += 1;
+                let user_hash = key_hash(ev.user_id.as_bytes());
+                let kg = key_group(user_hash, self.key_groups);
+                let s = shard_of(kg, self.key_groups, n as u32) as usize;
+                let ts = ev.ts;
+                // dedup is by (user, event id): copies of an event carry the same user, and
+                // another user's event is never dropped for a reused id
+                let id_hash =
+                    xxhash_rust::xxh3::xxh3_64_with_seed(ev.event_id.as_bytes(), user_hash);
+                subs[s].events.push(Routed {
+                    kg,
+                    pos: (records - 1) as u32,
+                    id_hash,
+                    user_hash,
+                    max_before: max_so_far,
+                    ev,
+                });
+                max_so_far = max_so_far.max(ts);
             };
             let data = &job.chunk.data;
             match &job.chunk.frames {
@@ -765,32 +749,22 @@ impl DecoderTask {
             if let (Some(e), Some(v)) = (&self.enricher, &mut view) {
                 e.record(v);
             }
-            for (i, c) in enrich_dead.iter().enumerate() {
-                if *c > 0 {
-                    self.metrics
-                        .dead_letters
-                        .with_label_values(&[crate::enrich::DEAD_LETTER_CODES[i]])
-                        .inc_by(*c);
-                }
-            }
             let _ = self.chunk_bufs.try_send(job.chunk.data);
             for d in job.chunk.dead {
-                if let Some(i) = cartpulse_model::DecodeError::CODES
-                    .iter()
-                    .position(|c| *c == d.reason)
-                {
-                    dead_counts[i] += 1;
-                }
+                count_dead(&mut dead_counts, d.reason);
                 subs[dead_to].dead.push(d);
             }
             let chunk_max = max_so_far.max(job.tick_max);
             self.metrics.source_records.inc_by(records);
             self.metrics.events_decoded.inc_by(decoded);
-            for (i, c) in dead_counts.iter_mut().enumerate() {
+            for (c, code) in dead_counts
+                .iter_mut()
+                .zip(crate::metrics::dead_letter_codes())
+            {
                 if *c > 0 {
                     self.metrics
                         .dead_letters
-                        .with_label_values(&[cartpulse_model::DecodeError::CODES[i]])
+                        .with_label_values(&[code])
                         .inc_by(*c);
                     *c = 0;
                 }

@@ -91,7 +91,7 @@ impl UserInfo {
         opt_str(out, "user_region", &self.region);
         if let Some(d) = self.signup_date {
             out.extend_from_slice(b",\"user_signup_date\":\"");
-            out.extend_from_slice(format_date(d).as_bytes());
+            write_date(out, d);
             out.push(b'"');
         }
     }
@@ -118,9 +118,35 @@ pub fn parse_date(text: &str) -> Result<i32, String> {
     Ok(d.num_days_from_ce() - UNIX_EPOCH_CE_DAYS)
 }
 
+/// Appends `YYYY-MM-DD` (this runs per event of the `events` stream: no allocation, no
+/// format-string interpretation).
+pub fn write_date(out: &mut Vec<u8>, days: i32) {
+    use chrono::Datelike;
+    let Some(d) = chrono::NaiveDate::from_num_days_from_ce_opt(days + UNIX_EPOCH_CE_DAYS) else {
+        out.extend_from_slice(itoa::Buffer::new().format(days).as_bytes());
+        return;
+    };
+    let two = |out: &mut Vec<u8>, v: u32| {
+        out.extend_from_slice(&[b'0' + (v / 10) as u8, b'0' + (v % 10) as u8])
+    };
+    let y = d.year();
+    if (0..10_000).contains(&y) {
+        let y = y as u32;
+        two(out, y / 100);
+        two(out, y % 100);
+    } else {
+        out.extend_from_slice(itoa::Buffer::new().format(y).as_bytes());
+    }
+    out.push(b'-');
+    two(out, d.month());
+    out.push(b'-');
+    two(out, d.day());
+}
+
 pub fn format_date(days: i32) -> String {
-    chrono::NaiveDate::from_num_days_from_ce_opt(days + UNIX_EPOCH_CE_DAYS)
-        .map_or_else(|| days.to_string(), |d| d.format("%Y-%m-%d").to_string())
+    let mut v = Vec::with_capacity(10);
+    write_date(&mut v, days);
+    String::from_utf8(v).expect("ASCII")
 }
 
 #[cfg(test)]
@@ -150,6 +176,8 @@ mod tests {
         assert_eq!(parse_date("1970-01-01").unwrap(), 0);
         assert_eq!(parse_date("2024-03-01T08:00:00Z").unwrap(), 19_783);
         assert_eq!(format_date(19_783), "2024-03-01");
+        assert_eq!(format_date(-719_162), "0001-01-01");
+        assert_eq!(format_date(2_932_896), "9999-12-31");
         assert!(parse_date("01/03/2024").is_err());
         let mut u = UserInfo::default();
         u.set("signup_date", "2024-03-01").unwrap();

@@ -158,6 +158,9 @@ struct Compiled {
     reads: Vec<usize>,
     /// For each feature, its variable id.
     feature_ids: Vec<usize>,
+    /// An abandoned-cart rule reads `segment` or `region`: the users' enrichment rows are
+    /// then remembered from their events (an abandonment carries no event of its own).
+    abandoned_reads_user: bool,
     /// Per action (`Action::index`): the features to touch (counted by the action, or read
     /// by a rule evaluated on it) and the other variables to materialise. Most events are
     /// views that few rules look at, so this skips most of the work for them.
@@ -217,6 +220,12 @@ fn compile(features: &[FeatureSpec], rules: &[RuleSpec]) -> Result<Compiled, Ana
         .iter()
         .map(|f| table.id(&f.name).expect("declared"))
         .collect();
+    let abandoned_reads_user = rules
+        .rules
+        .iter()
+        .filter(|r| r.spec.on == Trigger::Abandoned)
+        .flat_map(|r| r.reads.iter())
+        .any(|&id| matches!(table.names[id].as_str(), "segment" | "region"));
     let mut plans: [Plan; 5] = Default::default();
     for a in Action::ALL {
         let mut read: Vec<usize> = rules
@@ -246,6 +255,7 @@ fn compile(features: &[FeatureSpec], rules: &[RuleSpec]) -> Result<Compiled, Ana
         rules,
         reads,
         feature_ids,
+        abandoned_reads_user,
         plans,
     })
 }
@@ -381,6 +391,9 @@ impl CartAnalytics {
         self.vals = vec![Value::Null; compiled.table.len()];
         let n = compiled.rules.rules.len();
         self.compiled = compiled;
+        if !self.compiled.abandoned_reads_user {
+            self.user_info.clear();
+        }
         self.file = file;
         Ok(n)
     }
@@ -562,11 +575,7 @@ impl CartAnalytics {
             }
         }
         if let Some(u) = &ev.user {
-            let reads_user =
-                self.compiled.reads.iter().any(|&id| {
-                    matches!(self.compiled.table.names[id].as_str(), "segment" | "region")
-                });
-            if reads_user {
+            if self.compiled.abandoned_reads_user {
                 match self.user_info.get_mut(ev.user_id.as_str()) {
                     Some(x) if Arc::ptr_eq(x, u) => {}
                     Some(x) => *x = u.clone(),

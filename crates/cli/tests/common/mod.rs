@@ -256,3 +256,43 @@ impl Rng {
         a + (b - a) * ((self.next() >> 11) as f64 / (1u64 << 53) as f64)
     }
 }
+
+/// Every Parquet file under `dir`, sorted.
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// All rows of every Parquet file under `dir`; panics when there is none.
+pub fn read_parquet(dir: &Path) -> Vec<cartpulse_lake::arrow::array::RecordBatch> {
+    use cartpulse_lake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let files = parquet_files(dir);
+    assert!(
+        !files.is_empty(),
+        "no Parquet files under {}",
+        dir.display()
+    );
+    files
+        .iter()
+        .flat_map(|f| {
+            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(f).unwrap())
+                .unwrap()
+                .build()
+                .unwrap()
+                .map(Result::unwrap)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
