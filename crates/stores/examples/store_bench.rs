@@ -7,12 +7,20 @@
 //! cargo run --release -p cartpulse-stores --example store_bench -- redis [rows]
 //! cargo run --release -p cartpulse-stores --example store_bench -- clickhouse URL [rows]
 //! cargo run --release -p cartpulse-stores --example store_bench -- elasticsearch-client [rows]
+//! cargo run --release -p cartpulse-stores --example store_bench -- dump-rows DIR [rows]
 //! ```
 //!
 //! `postgres-staging` compares the two ways of staging rows (COPY, multi-row INSERT) on the
 //! same rows. `elasticsearch-client` measures only the sink's side (staging, NDJSON, the
 //! answer's parsing) against a local endpoint that accepts everything: no Elasticsearch can
 //! be installed here.
+//!
+//! `dump-rows` writes the same rows (same epochs) as input for each store's own bulk-load
+//! tooling, the baselines of `scripts/bench_stores.sh`: `pg_all.tsv` (COPY text, the
+//! `user_windows` table's columns plus `epoch`), `pg_epoch_<e>.tsv` (the same, per epoch),
+//! `redis_same.resp` (the very commands the Redis sink sends per epoch, without MULTI/EXEC),
+//! `redis_zadd.resp` (one ZADD per row, nothing else) and `ch_rows.json` (the JSONEachRow
+//! lines the ClickHouse sink posts, `epoch`, `seq` and `version` included).
 
 use cartpulse_engine::{Sink, Stream};
 use cartpulse_stores::*;
@@ -66,6 +74,114 @@ fn drive(mut s: Box<dyn Sink>, rows: u64) {
         s.name(),
         el.as_secs_f64(),
         total as f64 / el.as_secs_f64()
+    );
+}
+
+/// RESP encoding of one command, as `redis-cli --pipe` reads it.
+fn resp(out: &mut Vec<u8>, args: &[&[u8]]) {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// The baselines' input files (see the module docs), from the rows `drive` sends.
+fn dump_rows(dir: &std::path::Path, rows: u64) {
+    use cartpulse_stores::schema;
+    use serde_json::value::RawValue;
+    use std::collections::{BTreeSet, HashMap};
+    std::fs::create_dir_all(dir).unwrap();
+    let s = schema::schema(Stream::UserWindows).unwrap();
+    let epochs = rows.div_ceil(EPOCH_ROWS);
+    let (mut pg_all, mut same, mut zadd, mut ch) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let defaults = RedisConfig::default();
+    let ttl = defaults.window_ttl.as_millis().to_string();
+    let cap = format!("{}", -(defaults.windows_per_user as i64) - 1);
+    for e in 1..=epochs {
+        let data = records(e, EPOCH_ROWS);
+        let mut pg = Vec::new();
+        let mut trims = BTreeSet::new();
+        for (seq, line) in std::str::from_utf8(&data).unwrap().lines().enumerate() {
+            let r: HashMap<&str, &RawValue> = serde_json::from_str(line).unwrap();
+            let raw = |f: &str| r[f].get();
+            let text = |f: &str| {
+                let v = raw(f);
+                match serde_json::from_str::<String>(v) {
+                    Ok(t) => t,
+                    Err(_) => v.to_string(),
+                }
+            };
+            // PostgreSQL COPY text: the table's typed columns, then the epoch
+            let cols: Vec<String> = s.fields.iter().map(|f| text(f.name)).collect();
+            pg.extend_from_slice(format!("{}\t{e}\n", cols.join("\t")).as_bytes());
+            // Redis: what RedisSink::commands emits for a user_windows row
+            let k = format!("cartpulse_bench:user_windows:{}", text("user_id"));
+            let end = text("window_end");
+            resp(
+                &mut same,
+                &[
+                    b"ZREMRANGEBYSCORE",
+                    k.as_bytes(),
+                    end.as_bytes(),
+                    end.as_bytes(),
+                ],
+            );
+            resp(
+                &mut same,
+                &[b"ZADD", k.as_bytes(), end.as_bytes(), line.as_bytes()],
+            );
+            resp(&mut same, &[b"PEXPIRE", k.as_bytes(), ttl.as_bytes()]);
+            resp(
+                &mut zadd,
+                &[b"ZADD", k.as_bytes(), end.as_bytes(), line.as_bytes()],
+            );
+            trims.insert(k);
+            // ClickHouse: the sink's JSONEachRow line (fields as raw JSON, then epoch, seq,
+            // version)
+            ch.push(b'{');
+            for f in s.fields {
+                ch.extend_from_slice(format!("\"{}\":{},", f.name, raw(f.name)).as_bytes());
+            }
+            let seq = seq as u64;
+            ch.extend_from_slice(
+                format!(
+                    "\"epoch\":{e},\"seq\":{seq},\"version\":{}}}\n",
+                    (e << 32) | seq
+                )
+                .as_bytes(),
+            );
+        }
+        for k in &trims {
+            resp(
+                &mut same,
+                &[b"ZREMRANGEBYRANK", k.as_bytes(), b"0", cap.as_bytes()],
+            );
+        }
+        resp(
+            &mut same,
+            &[
+                b"SET",
+                b"cartpulse_bench:committed_epoch",
+                e.to_string().as_bytes(),
+            ],
+        );
+        std::fs::write(dir.join(format!("pg_epoch_{e}.tsv")), &pg).unwrap();
+        pg_all.extend_from_slice(&pg);
+    }
+    for (name, b) in [
+        ("pg_all.tsv", &pg_all),
+        ("redis_same.resp", &same),
+        ("redis_zadd.resp", &zadd),
+        ("ch_rows.json", &ch),
+    ] {
+        std::fs::write(dir.join(name), b).unwrap();
+    }
+    println!(
+        "{} rows in {epochs} epochs written to {}",
+        epochs * EPOCH_ROWS,
+        dir.display()
     );
 }
 
@@ -200,6 +316,10 @@ fn main() {
             rows_at(1),
         ),
         "postgres-staging" => pg_staging(rows_at(1)),
+        "dump-rows" => dump_rows(
+            std::path::Path::new(args.get(1).expect("dump-rows DIR")),
+            rows_at(2),
+        ),
         "redis" => drive(
             Box::new(
                 RedisSink::new(RedisConfig {
