@@ -19,7 +19,7 @@ pub mod views;
 
 pub use config::{BatchConfig, BatchJob};
 pub use run::{run_batch, run_batch_async, run_every, BatchReport, Horizon};
-pub use verify::{verify, VerifyReport};
+pub use verify::{flat_fields, verify, VerifyReport};
 
 use std::path::PathBuf;
 

@@ -316,7 +316,7 @@ fn read_speed(dir: &Path, spec: &Spec) -> Result<BTreeMap<Key, Row>, BatchError>
 /// Splits a flat JSON object into (key, raw value text). The speed layer's window records
 /// hold only strings, numbers and booleans; a raw number text keeps every digit (a float
 /// parse would not).
-fn flat_fields(line: &str) -> Result<Vec<(String, &str)>, String> {
+pub fn flat_fields(line: &str) -> Result<Vec<(String, &str)>, String> {
     let b = line.as_bytes();
     let mut i = 0;
     let ws = |i: &mut usize| {

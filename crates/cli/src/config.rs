@@ -23,6 +23,8 @@ pub struct AppConfig {
     pub batch: cartpulse_batch::BatchConfig,
     /// Product and user tables joined onto every event (`[enrich.products]`, `[enrich.users]`).
     pub enrich: cartpulse_connectors::enrich::EnrichConfig,
+    /// The serving layer: merged views and SQL over HTTP (`[serving] enabled = true`).
+    pub serving: cartpulse_serving::ServingConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -85,6 +87,30 @@ impl AppConfig {
                         (the archive the batch layer reads)"
                     .into(),
             );
+        }
+        cfg.serving
+            .validate()
+            .map_err(|e| format!("[serving] {e}"))?;
+        if cfg.serving.enabled {
+            if cfg.batch.views_dir.is_none() {
+                return Err(
+                    "key `serving.enabled`: expected [batch] views_dir to be set \
+                     (the serving layer merges the batch views with the speed layer)"
+                        .into(),
+                );
+            }
+            if !cfg.http.enabled {
+                return Err("key `serving.enabled`: expected [http] enabled = true \
+                     (the merged views are served over HTTP)"
+                    .into());
+            }
+            if cfg.pipeline.checkpoint.dir.is_none() && cfg.serving.dir.is_none() {
+                return Err(
+                    "key `serving.dir`: expected a directory for the live windows' \
+                     journal (or [pipeline.checkpoint] dir, under which it defaults to serving/)"
+                        .into(),
+                );
+            }
         }
         Ok(cfg)
     }

@@ -4,6 +4,7 @@
 use anyhow::{bail, Context, Result};
 use cartpulse_batch::{run_batch, verify, BatchConfig, BatchJob};
 use cartpulse_engine::PipelineConfig;
+use cartpulse_serving::{Catalog, ServingConfig};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -28,6 +29,31 @@ pub struct BatchArgs {
 }
 
 #[derive(clap::Args)]
+pub struct SqlArgs {
+    /// The statement (read-only, one). Tables: `events`, `archive`, the merged views
+    /// (`user_windows`, `global_windows`, `user_daily`, `conversion_daily`, `retention`, …)
+    /// and each batch view as written (`batch_<view>`).
+    query: String,
+    /// Archive root written by the `parquet` sink.
+    #[arg(long)]
+    archive: PathBuf,
+    /// `cartpulse batch`'s output directory; without it every view is computed from the
+    /// archive.
+    #[arg(long)]
+    views: Option<PathBuf>,
+    /// The pipeline's config file (windows from `[pipeline]`, `[batch]` lookback, limits
+    /// from `[serving]`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// `table` (default) or `json`.
+    #[arg(long, default_value = "table")]
+    format: String,
+    /// Rows shown at most (overrides `[serving] max_rows`).
+    #[arg(long)]
+    max_rows: Option<usize>,
+}
+
+#[derive(clap::Args)]
 pub struct VerifyArgs {
     /// The JSONL sink's directory (`<dir>/user_windows/part-*.jsonl`, `global_windows/…`).
     #[arg(long)]
@@ -40,8 +66,8 @@ pub struct VerifyArgs {
     show: usize,
 }
 
-/// The `[pipeline]` and `[batch]` sections of a config file.
-fn load(path: &Path) -> Result<(PipelineConfig, BatchConfig)> {
+/// The `[pipeline]`, `[batch]` and `[serving]` sections of a config file.
+fn load(path: &Path) -> Result<(PipelineConfig, BatchConfig, ServingConfig)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut doc: toml::Table = toml::from_str(&text)
@@ -60,13 +86,18 @@ fn load(path: &Path) -> Result<(PipelineConfig, BatchConfig)> {
         .map_err(|e| anyhow::anyhow!("config file {}: [batch] {e}", path.display()))?;
     b.validate()
         .map_err(|e| anyhow::anyhow!("config file {}: [batch] {e}", path.display()))?;
-    Ok((p, b))
+    let s: ServingConfig = section(&mut doc, "serving")
+        .try_into()
+        .map_err(|e| anyhow::anyhow!("config file {}: [serving] {e}", path.display()))?;
+    s.validate()
+        .map_err(|e| anyhow::anyhow!("config file {}: [serving] {e}", path.display()))?;
+    Ok((p, b, s))
 }
 
 pub fn batch(a: BatchArgs) -> Result<()> {
-    let (pipeline, cfg) = match &a.config {
+    let (pipeline, cfg, _) = match &a.config {
         Some(p) => load(p)?,
-        None => (PipelineConfig::default(), BatchConfig::default()),
+        None => Default::default(),
     };
     if !a.archive.is_dir() {
         bail!("--archive {}: not a directory", a.archive.display());
@@ -97,6 +128,43 @@ fn rfc3339(ms: i64) -> String {
         std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64),
     )
     .to_string()
+}
+
+/// `cartpulse sql`: one query over an archive and its batch views, printed.
+pub fn sql(a: SqlArgs) -> Result<()> {
+    let (pipeline, bcfg, mut scfg) = match &a.config {
+        Some(p) => load(p)?,
+        None => Default::default(),
+    };
+    if let Some(n) = a.max_rows {
+        scfg.max_rows = n;
+    }
+    if !matches!(a.format.as_str(), "table" | "json") {
+        bail!("--format {}: expected table or json", a.format);
+    }
+    let mut job = BatchJob::new(&a.archive, a.views.clone().unwrap_or_default(), &pipeline);
+    job.config = bcfg;
+    let catalog = std::sync::Arc::new(Catalog::new(&a.archive, a.views.clone(), job, None, scfg)?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let answer = rt.block_on(catalog.sql(&a.query))?;
+    if a.format == "json" {
+        let mut out = answer.to_json()?;
+        out.push(b'\n');
+        std::io::Write::write_all(&mut std::io::stdout(), &out)?;
+    } else {
+        println!("{}", answer.to_table()?);
+        eprintln!(
+            "{} row{}{}, horizon {}, {:.1} ms",
+            answer.rows,
+            if answer.rows == 1 { "" } else { "s" },
+            if answer.truncated { " (truncated)" } else { "" },
+            answer.horizon.map_or("none".to_string(), rfc3339),
+            answer.elapsed.as_secs_f64() * 1000.0
+        );
+    }
+    Ok(())
 }
 
 pub fn verify_cmd(a: VerifyArgs) -> Result<()> {

@@ -66,6 +66,8 @@ enum Cmd {
     Batch(lambda::BatchArgs),
     /// Compare the speed layer's window outputs with the batch views, exactly.
     Verify(lambda::VerifyArgs),
+    /// One SQL query over the archive, the batch views and the merged views.
+    Sql(lambda::SqlArgs),
     /// Sum a consumer group's per-partition global windows into the global view.
     Merge(group::MergeArgs),
 }
@@ -183,6 +185,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Fpgrowth(a) => fpgrowth::run(a),
         Cmd::Batch(a) => lambda::batch(a),
         Cmd::Verify(a) => lambda::verify_cmd(a),
+        Cmd::Sql(a) => lambda::sql(a),
         Cmd::Merge(a) => group::merge(a),
     }
 }
@@ -381,6 +384,36 @@ fn run_config(path: &Path) -> Result<()> {
         }
         _ => None,
     };
+    // the serving layer: the speed layer's windows kept by one more sink, merged with the
+    // batch views at query time
+    let query = match (&batch_job, app.serving.enabled) {
+        (Some(job), true) => {
+            let dir = app.serving.dir.clone().unwrap_or_else(|| {
+                app.pipeline
+                    .checkpoint
+                    .dir
+                    .clone()
+                    .expect("checked at load")
+                    .join("serving")
+            });
+            let live = cartpulse_serving::LiveWindows::new(dir, &job.out);
+            sinks.push(Box::new(cartpulse_serving::LiveWindowSink::new(
+                live.clone(),
+            )));
+            let catalog = cartpulse_serving::Catalog::new(
+                job.archive.clone(),
+                Some(job.out.clone()),
+                job.clone(),
+                Some(live),
+                app.serving.clone(),
+            )?;
+            Some(
+                std::sync::Arc::new(cartpulse_serving::HttpQuery(std::sync::Arc::new(catalog)))
+                    as std::sync::Arc<dyn cartpulse_serve::QueryService>,
+            )
+        }
+        _ => None,
+    };
     let enricher = app.enricher(&origin)?;
     let mut pipeline = Pipeline::new(app.pipeline, source, sinks);
     if let Some(op) = analytics::operator(&app.analytics, &origin)? {
@@ -395,7 +428,13 @@ fn run_config(path: &Path) -> Result<()> {
         cartpulse_stores::register_metrics(&pipeline.metrics.registry);
     }
     let batch = batch_job.map(|job| lambda::schedule(job, &pipeline.metrics.registry));
-    let r = run_live(pipeline, http, ingest, app.analytics.rules_file.clone());
+    let r = run_live(
+        pipeline,
+        http,
+        ingest,
+        query,
+        app.analytics.rules_file.clone(),
+    );
     if let Some(b) = batch {
         b.stop();
     }
@@ -486,7 +525,7 @@ fn demo(a: DemoArgs) -> Result<()> {
     if let Some(op) = analytics::operator(&acfg, "demo")? {
         p = p.with_operator(op);
     }
-    let r = run_live(p, Some((a.addr, opts)), None, None);
+    let r = run_live(p, Some((a.addr, opts)), None, None, None);
     // each demo starts from scratch, so its checkpoints are of no use once it has stopped
     let _ = std::fs::remove_dir_all(base.join("checkpoints"));
     r
@@ -498,6 +537,7 @@ fn run_live(
     p: Pipeline,
     http: Option<(std::net::SocketAddr, cartpulse_serve::ServeOptions)>,
     ingest: Option<std::sync::Arc<dyn cartpulse_serve::Ingest>>,
+    query: Option<std::sync::Arc<dyn cartpulse_serve::QueryService>>,
     rules_file: Option<PathBuf>,
 ) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -521,7 +561,7 @@ fn run_live(
         let (tx, rx) = tokio::sync::watch::channel(false);
         if let Some((addr, opts)) = http {
             let mut rx2 = rx.clone();
-            let server = cartpulse_serve::serve(addr, api, opts, ingest, async move {
+            let server = cartpulse_serve::serve(addr, api, opts, ingest, query, async move {
                 let _ = rx2.wait_for(|v| *v).await;
             });
             tokio::spawn(async move {

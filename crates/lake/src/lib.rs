@@ -10,7 +10,7 @@ pub mod record;
 pub mod sink;
 
 pub use config::{ArchiveConfig, Compression};
-pub use read::read_archive;
+pub use read::{archive_snapshot, read_archive, read_staged, ArchiveSnapshot};
 pub use record::schema;
 pub use sink::{published_files, ArchiveError, ArchiveState, ArchiveStats, ParquetArchiveSink};
 

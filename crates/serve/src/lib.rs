@@ -8,6 +8,7 @@
 mod analytics;
 mod auth;
 mod ingest;
+mod query;
 mod stream;
 
 use axum::extract::{Path, Query, State};
@@ -22,6 +23,7 @@ use std::net::SocketAddr;
 
 pub use auth::{check_exposure, AuthError};
 pub use ingest::{Ingest, IngestOutcome};
+pub use query::{QueryReply, QueryService, ReplyFuture, ViewParams};
 
 /// Security settings of the HTTP surface.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -47,13 +49,20 @@ pub struct ServeOptions {
 pub struct AppState {
     pub api: Api,
     pub ingest: Option<std::sync::Arc<dyn Ingest>>,
+    /// The serving layer (`/api/sql`, `/api/views`), when the binary plugs one in.
+    pub query: Option<std::sync::Arc<dyn QueryService>>,
 }
 
 const DASHBOARD: &str = include_str!("../assets/index.html");
 
-/// `ingest` is where `POST /ingest` bodies go (the HTTP source); without one that route
-/// answers 404.
-pub fn router(api: Api, opts: &ServeOptions, ingest: Option<std::sync::Arc<dyn Ingest>>) -> Router {
+/// `ingest` is where `POST /ingest` bodies go (the HTTP source), `query` what answers SQL
+/// and the merged views; without one, those routes answer 404.
+pub fn router(
+    api: Api,
+    opts: &ServeOptions,
+    ingest: Option<std::sync::Arc<dyn Ingest>>,
+    query: Option<std::sync::Arc<dyn QueryService>>,
+) -> Router {
     let protected = Router::new()
         .route("/api/metrics", get(metrics_json))
         .route("/api/stream", get(stream::sse))
@@ -69,6 +78,10 @@ pub fn router(api: Api, opts: &ServeOptions, ingest: Option<std::sync::Arc<dyn I
         .route("/api/products/low-stock", get(analytics::low_stock))
         .route("/api/intent", get(analytics::intent))
         .route("/api/recommendations", get(analytics::recommendations))
+        .route("/api/sql", get(query::sql_get).post(query::sql_post))
+        .route("/api/views", get(query::views))
+        .route("/api/views/:name", get(query::view))
+        .route("/api/conversion", get(query::conversion))
         .layer(axum::middleware::from_fn_with_state(
             opts.token.clone(),
             auth::require_token,
@@ -101,7 +114,7 @@ pub fn router(api: Api, opts: &ServeOptions, ingest: Option<std::sync::Arc<dyn I
             opts.max_body_bytes.unwrap_or(1 << 20),
         ))
         .merge(ingest_route)
-        .with_state(AppState { api, ingest })
+        .with_state(AppState { api, ingest, query })
 }
 
 /// Serves until `shutdown` resolves. Refuses to listen beyond loopback without a token.
@@ -110,6 +123,7 @@ pub async fn serve(
     api: Api,
     mut opts: ServeOptions,
     ingest: Option<std::sync::Arc<dyn Ingest>>,
+    query: Option<std::sync::Arc<dyn QueryService>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if let Ok(t) = std::env::var("CARTPULSE_API_TOKEN") {
@@ -131,7 +145,7 @@ pub async fn serve(
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, auth = opts.token.is_some(), "http listening");
-    axum::serve(listener, router(api, &opts, ingest))
+    axum::serve(listener, router(api, &opts, ingest, query))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -1,0 +1,346 @@
+//! The serving layer (`[serving]`, `/api/sql`, `/api/views`, `cartpulse sql`): the merged
+//! views — batch views up to their horizon, the speed layer after it — must give exactly
+//! the answers of a batch recomputation over all the events (the oracle), while the process
+//! runs and events keep their horizon mid-way; and bad or runaway queries get clear errors.
+
+mod common;
+mod live;
+
+use common::{bin, gen};
+use live::{free_port, request, wait_for, wait_ready, Proc};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+fn sql(addr: SocketAddr, q: &str) -> (u16, Value) {
+    let r = request(addr, "POST", "/api/sql", &[], q.as_bytes()).unwrap();
+    (r.status, r.json())
+}
+
+fn rows(v: &Value) -> Vec<Value> {
+    v["rows"].as_array().cloned().unwrap_or_default()
+}
+
+/// `cartpulse sql --format json …`: the answer's rows.
+fn cli_sql(args: &[&str], q: &str) -> Result<Vec<Value>, String> {
+    let o = Command::new(bin())
+        .arg("sql")
+        .args(args)
+        .args(["--format", "json", "--max-rows", "1000000", q])
+        .output()
+        .unwrap();
+    if !o.status.success() {
+        return Err(String::from_utf8_lossy(&o.stderr).into_owned());
+    }
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    Ok(rows(&v))
+}
+
+/// Rows without the columns only one side has.
+fn strip(rows: Vec<Value>, drop: &[&str]) -> Vec<Value> {
+    rows.into_iter()
+        .map(|mut r| {
+            for k in drop {
+                r.as_object_mut().unwrap().remove(*k);
+            }
+            r
+        })
+        .collect()
+}
+
+fn assert_same(what: &str, got: &[Value], want: &[Value]) {
+    assert!(!want.is_empty(), "{what}: the oracle has rows");
+    assert_eq!(got.len(), want.len(), "{what}: row count");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g, w, "{what}: row {i}");
+    }
+}
+
+/// Distinct (user, event id) of a generated file: what the pipeline accepts.
+fn distinct_events(path: &Path) -> usize {
+    let mut seen = BTreeSet::new();
+    for l in std::fs::read_to_string(path).unwrap().lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        seen.insert((
+            v["user_id"].as_str().unwrap().to_string(),
+            v["event_id"].as_str().unwrap().to_string(),
+        ));
+    }
+    seen.len()
+}
+
+const QUERIES: [(&str, &str, &[&str]); 7] = [
+    (
+        "conversion_daily",
+        "SELECT * FROM {t}conversion_daily ORDER BY day",
+        &[],
+    ),
+    (
+        "conversion_category",
+        "SELECT * FROM {t}conversion_category ORDER BY day, category",
+        &[],
+    ),
+    (
+        "user_daily",
+        "SELECT * FROM {t}user_daily ORDER BY day, user_id",
+        &[],
+    ),
+    (
+        "retention",
+        "SELECT * FROM {t}retention ORDER BY cohort_day, days_since",
+        &[],
+    ),
+    ("users", "SELECT * FROM {t}users ORDER BY user_id", &[]),
+    (
+        "global_windows",
+        "SELECT * FROM {t}global_windows WHERE window_end <= {end} ORDER BY window_start",
+        &["active_carts", "items_in_carts", "value_in_carts"],
+    ),
+    (
+        "user_windows",
+        "SELECT * FROM {t}user_windows WHERE window_end <= {end} ORDER BY window_start, user_id",
+        &[],
+    ),
+];
+
+#[test]
+fn merged_views_equal_a_full_recomputation_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // ~33 hours of event time over two or three calendar days
+    let input = d.join("events.jsonl");
+    gen(60_000, 5, &input, &["--rate", "0.5"]);
+    let expected = distinct_events(&input);
+
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (lake, views) = (d.join("lake"), d.join("views"));
+    let cfg = d.join("run.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[pipeline]
+shards = 2
+[pipeline.checkpoint]
+dir = "{ck}"
+interval = "200ms"
+[source]
+type = "http"
+journal_dir = "{journal}"
+[[sinks]]
+type = "parquet"
+dir = "{lake}"
+roll_interval = "1s"
+[batch]
+interval = "1s"
+views_dir = "{views}"
+[serving]
+enabled = true
+[http]
+enabled = true
+addr = "{addr}"
+"#,
+            ck = d.join("ck").display(),
+            journal = d.join("journal").display(),
+            lake = lake.display(),
+            views = views.display(),
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new(bin());
+    c.args(["run", "--config"]).arg(&cfg);
+    let mut p = Proc::spawn("cartpulse", c, &d.join("run.log"));
+    wait_ready(addr);
+
+    // the serving layer answers before any event (empty, not an error)
+    let (st, v) = sql(addr, "SELECT COUNT(*) AS n FROM events");
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(rows(&v)[0]["n"], 0);
+
+    let text = std::fs::read_to_string(&input).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    for chunk in lines.chunks(5000) {
+        let body = chunk.join("\n") + "\n";
+        let r = request(addr, "POST", "/ingest", &[], body.as_bytes()).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    // every event committed, and a batch run over it with a horizon inside the data
+    let horizon = wait_for(
+        "every event served and a batch horizon",
+        Duration::from_secs(120),
+        Duration::from_millis(300),
+        || {
+            let (st, v) = sql(addr, "SELECT COUNT(*) AS n FROM events");
+            let n = rows(&v).first().and_then(|r| r["n"].as_u64()).unwrap_or(0);
+            let h = v["horizon_ms"].as_i64();
+            match (st, n as usize == expected, h) {
+                (200, true, Some(h)) => Ok(h),
+                _ => Err(format!(
+                    "{st}: {n} of {expected} events, horizon {h:?}; {}",
+                    p.log_tail(3)
+                )),
+            }
+        },
+    );
+    // the batch horizon is behind the newest events (the last hour is still open), so the
+    // merged answers need the speed layer
+    let (_, v) = sql(addr, "SELECT CAST(MAX(ts) AS BIGINT) AS m FROM events");
+    let newest = rows(&v)[0]["m"].as_i64().unwrap();
+    assert!(horizon < newest, "horizon {horizon} newest {newest}");
+    let (_, v) = sql(addr, "SELECT COUNT(*) AS n FROM live_global_windows");
+    assert!(
+        rows(&v)[0]["n"].as_u64().unwrap() > 0,
+        "the speed layer has windows after the horizon"
+    );
+    // the newest window the speed layer has closed
+    let (_, v) = sql(addr, "SELECT MAX(window_end) AS e FROM global_windows");
+    let end = rows(&v)[0]["e"].as_i64().unwrap();
+    assert!(end > horizon);
+
+    let mut merged = Vec::new();
+    for (name, q, drop) in QUERIES {
+        let q = q.replace("{t}", "").replace("{end}", &end.to_string());
+        let (st, v) = sql(addr, &q);
+        assert_eq!(st, 200, "{name}: {v}");
+        assert!(
+            v["truncated"] == false || rows(&v).len() < 10_000,
+            "{name}: raise max_rows"
+        );
+        merged.push((name, strip(rows(&v), drop)));
+    }
+    // the HTTP views and the one-answer conversion
+    let r = request(addr, "GET", "/api/views", &[], b"").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["horizon_ms"].as_i64(), Some(horizon));
+    let r = request(addr, "GET", "/api/views/conversion_daily?limit=1", &[], b"").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(rows(&r.json()).len(), 1);
+    let r = request(addr, "GET", "/api/views/nope", &[], b"").unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["kind"], "bad_query");
+
+    // bad queries: a clear error, and the process keeps serving
+    for (q, want) in [
+        ("SELEC 1", "bad_query"),
+        ("SELECT nope FROM events", "bad_query"),
+        ("SELECT * FROM nowhere", "bad_query"),
+        ("CREATE TABLE t AS SELECT 1", "bad_query"),
+        ("COPY (SELECT 1) TO '/tmp/x.csv'", "bad_query"),
+        ("SELECT 1; SELECT 2", "bad_query"),
+    ] {
+        let (st, v) = sql(addr, q);
+        assert_eq!(st, 400, "{q}: {v}");
+        assert_eq!(v["kind"], want, "{q}: {v}");
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+    }
+    let (st, _) = sql(addr, "SELECT 1 AS one");
+    assert_eq!(st, 200);
+
+    p.stop(Duration::from_secs(30));
+
+    // the oracle: every view recomputed from the whole archive at once
+    let oracle = d.join("oracle");
+    let o = Command::new(bin())
+        .args(["batch", "--quiet", "--complete", "--archive"])
+        .arg(&lake)
+        .arg("--out")
+        .arg(&oracle)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let oargs = [
+        "--archive",
+        lake.to_str().unwrap(),
+        "--views",
+        oracle.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ];
+    for ((name, q, drop), (_, got)) in QUERIES.iter().zip(&merged) {
+        let q = q
+            .replace("{t}", "batch_")
+            .replace("{end}", &end.to_string());
+        let want = strip(cli_sql(&oargs, &q).unwrap(), drop);
+        assert_same(&format!("{name} (served while running)"), got, &want);
+    }
+
+    // offline, over the views the running process left (horizon inside the data): the
+    // tail is recomputed from the archive, windows included
+    let vargs = [
+        "--archive",
+        lake.to_str().unwrap(),
+        "--views",
+        views.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ];
+    for (name, q, drop) in QUERIES {
+        let q = q.replace("{end}", &end.to_string());
+        let got = strip(cli_sql(&vargs, &q.replace("{t}", "")).unwrap(), drop);
+        let want = strip(cli_sql(&oargs, &q.replace("{t}", "batch_")).unwrap(), drop);
+        assert_same(&format!("{name} (cartpulse sql)"), &got, &want);
+    }
+}
+
+#[test]
+fn runaway_queries_hit_their_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let input = d.join("events.jsonl");
+    gen(20_000, 3, &input, &[]);
+    let lake = d.join("lake");
+    let cfg = d.join("c.toml");
+    let write = |extra: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[source]\ntype = \"file\"\npath = \"{}\"\n[[sinks]]\ntype = \"parquet\"\ndir = \"{}\"\n{extra}",
+                input.display(),
+                lake.display()
+            ),
+        )
+        .unwrap();
+    };
+    write("");
+    let o = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let args = [
+        "--archive",
+        lake.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ];
+    let n = cli_sql(&args, "SELECT COUNT(*) AS n FROM events").unwrap();
+    assert!(n[0]["n"].as_u64().unwrap() > 19_000, "{n:?}");
+
+    write("[serving]\nquery_timeout = \"300ms\"\n");
+    let e = cli_sql(
+        &args,
+        "SELECT COUNT(*) FROM events a, events b WHERE a.ts + INTERVAL '1 second' * (length(a.event_id) + length(b.event_id)) > b.ts",
+    )
+    .unwrap_err();
+    assert!(e.contains("time limit"), "{e}");
+
+    write("[serving]\nmemory_limit_mb = 16\n");
+    let e = cli_sql(
+        &args,
+        "SELECT a.event_id, b.event_id, a.user_id FROM events a JOIN events b ON a.action = b.action ORDER BY a.user_id, b.event_id",
+    )
+    .unwrap_err();
+    assert!(e.contains("memory"), "{e}");
+
+    // a bad config value names the key
+    write("[serving]\nmax_rows = 0\n");
+    let e = cli_sql(&args, "SELECT 1").unwrap_err();
+    assert!(e.contains("[serving]") && e.contains("max_rows"), "{e}");
+}
