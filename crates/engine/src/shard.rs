@@ -129,9 +129,9 @@ pub(crate) struct Shard {
     gauges: Gauges,
     out: Records,
     counts: LocalCounts,
-    /// `(due time, key group)`: for every group, an alarm at or before its earliest due
-    /// time (stale duplicates are harmless), so firing visits only groups with work.
-    alarms: BinaryHeap<Reverse<(i64, u32)>>,
+    /// For every group, an alarm at or before its earliest due time, so firing visits only
+    /// groups with work.
+    alarms: Alarms,
     /// Closed windows whose records are still to be written: (start, end, entries).
     draining: std::collections::VecDeque<(
         i64,
@@ -164,12 +164,12 @@ impl Shard {
     ) -> Shard {
         let mut gauges = Gauges::default();
         let mut groups = groups;
-        let mut alarms = BinaryHeap::new();
+        let mut alarms = Alarms::new(first_group, groups.len());
         for (i, g) in groups.iter_mut().enumerate() {
             g.rebuild_timers(set.lateness);
             gauges.add(&g.gauges());
             if let Some(t) = g.next_due(set.lateness) {
-                alarms.push(Reverse((t, first_group + i as u32)));
+                alarms.set(first_group + i as u32, t);
             }
         }
         Shard {
@@ -467,7 +467,7 @@ impl Shard {
             // passed it in the input: results then do not depend on how the input was cut
             // into chunks, nor on the shard count.
             let crossed = self.crosses_global(self.wm, wm_e);
-            if crossed || self.alarms.peek().is_some_and(|a| a.0 .0 <= wm_e) {
+            if crossed || self.alarms.next().is_some_and(|t| t <= wm_e) {
                 self.advance(wm_e, crossed);
             } else {
                 self.wm = wm_e;
@@ -635,9 +635,8 @@ impl Shard {
                     if e + set.lateness <= wm_e {
                         continue;
                     }
-                    if windows.first_key_value().is_none_or(|(k, _)| k.0 > e) {
-                        self.alarms.push(Reverse((e, kg)));
-                    }
+                    // a no-op unless earlier than the group's live alarm
+                    self.alarms.set(kg, e);
                     let hint = *bucket_hint;
                     let b = windows.entry((e, s)).or_insert_with(|| WindowBucket {
                         // sized like the last bucket this group closed: no rehash on the way
@@ -685,10 +684,7 @@ impl Shard {
                 if e + set.lateness <= wm_e {
                     continue;
                 }
-                if global.first_key_value().is_none_or(|(_, g)| g.end > e) {
-                    self.alarms
-                        .push(Reverse((e.saturating_add(set.lateness), kg)));
-                }
+                self.alarms.set(kg, e.saturating_add(set.lateness));
                 let g = global.entry(s).or_insert_with(|| GlobalEntry {
                     end: e,
                     ..Default::default()
@@ -888,11 +884,7 @@ impl Shard {
         let moved = wm > self.wm;
         self.wm = wm;
         let set = &self.set;
-        while let Some(&Reverse((t, kg))) = self.alarms.peek() {
-            if t > wm {
-                break;
-            }
-            self.alarms.pop();
+        while let Some(kg) = self.alarms.pop_due(wm) {
             let st = &mut self.groups[(kg - self.first_group) as usize];
             let mut closed = Vec::new();
             for (&(e, s), b) in st.windows.range_mut(..=(wm, i64::MAX)) {
@@ -948,7 +940,7 @@ impl Shard {
             }
             st.dedup.expire(wm, set.horizon);
             if let Some(next) = st.next_due(set.lateness) {
-                self.alarms.push(Reverse((next, kg)));
+                self.alarms.set(kg, next);
             }
         }
         for ((start, end), agg) in std::mem::take(&mut self.partials) {
@@ -1024,6 +1016,60 @@ impl Shard {
     }
 }
 
+/// `(due time, key group)` in time order, at most one live alarm per group: the earliest
+/// one set since the group was last visited. An alarm set later than a group's live one is
+/// not needed (the group is visited at the earlier time and then sets its next one) and is
+/// not pushed; one left behind by an earlier alarm is skipped when it comes up. Without
+/// this, every superseded alarm, once popped, re-armed its group, so the heap kept every
+/// alarm ever set and each watermark step revisited them all (cost growing with the run).
+struct Alarms {
+    heap: BinaryHeap<Reverse<(i64, u32)>>,
+    /// The live alarm of each group (`i64::MAX`: none), indexed from `first_group`.
+    live: Vec<i64>,
+    first_group: u32,
+}
+
+impl Alarms {
+    fn new(first_group: u32, groups: usize) -> Alarms {
+        Alarms {
+            heap: BinaryHeap::new(),
+            live: vec![i64::MAX; groups],
+            first_group,
+        }
+    }
+
+    /// Makes sure group `kg` is visited once the watermark reaches `at`.
+    #[inline]
+    fn set(&mut self, kg: u32, at: i64) {
+        let live = &mut self.live[(kg - self.first_group) as usize];
+        if at < *live {
+            *live = at;
+            self.heap.push(Reverse((at, kg)));
+        }
+    }
+
+    /// The earliest alarm (possibly a superseded one: an early wake-up, never a late one).
+    fn next(&self) -> Option<i64> {
+        self.heap.peek().map(|a| a.0 .0)
+    }
+
+    /// The next group whose live alarm is at or before `wm`; it has no live alarm after this.
+    fn pop_due(&mut self, wm: i64) -> Option<u32> {
+        while let Some(&Reverse((t, kg))) = self.heap.peek() {
+            if t > wm {
+                return None;
+            }
+            self.heap.pop();
+            let live = &mut self.live[(kg - self.first_group) as usize];
+            if *live == t {
+                *live = i64::MAX;
+                return Some(kg);
+            }
+        }
+        None
+    }
+}
+
 /// Whether an event at `ts` is late for every user window it belongs to.
 fn is_late(spec: &WindowSpec, ts: i64, lateness: i64, wm: i64) -> bool {
     let last_end = match *spec {
@@ -1042,14 +1088,12 @@ fn is_late(spec: &WindowSpec, ts: i64, lateness: i64, wm: i64) -> bool {
 /// Adds a timer, raising an alarm when it is the group's new earliest.
 fn add_timer(
     timers: &mut BTreeMap<i64, Vec<CompactString>>,
-    alarms: &mut BinaryHeap<Reverse<(i64, u32)>>,
+    alarms: &mut Alarms,
     kg: u32,
     at: i64,
     user: &CompactString,
 ) {
-    if timers.first_key_value().is_none_or(|(&t, _)| at < t) {
-        alarms.push(Reverse((at, kg)));
-    }
+    alarms.set(kg, at);
     timers.entry(at).or_default().push(user.clone());
 }
 
@@ -1061,7 +1105,7 @@ fn fire_user(
     wm: i64,
     set: &ShardSettings,
     out: &mut Records,
-    alarms: &mut BinaryHeap<Reverse<(i64, u32)>>,
+    alarms: &mut Alarms,
     kg: u32,
     op: Option<(&mut Vec<(u32, OpInput)>, u32)>,
 ) {
