@@ -139,6 +139,7 @@ interval = "1s"
 views_dir = "{views}"
 [serving]
 enabled = true
+max_rows = 1000000
 [http]
 enabled = true
 addr = "{addr}"
@@ -186,6 +187,19 @@ addr = "{addr}"
             }
         },
     );
+    // the batch layer catches up with the hours the archive has closed: wait until its
+    // horizon stops moving (it runs every second)
+    let mut horizon = horizon;
+    let mut stable = std::time::Instant::now();
+    while stable.elapsed() < Duration::from_secs(4) {
+        std::thread::sleep(Duration::from_millis(500));
+        let (_, v) = sql(addr, "SELECT 1 AS one");
+        let h = v["horizon_ms"].as_i64().unwrap();
+        if h != horizon {
+            horizon = h;
+            stable = std::time::Instant::now();
+        }
+    }
     // the batch horizon is behind the newest events (the last hour is still open), so the
     // merged answers need the speed layer
     let (_, v) = sql(addr, "SELECT CAST(MAX(ts) AS BIGINT) AS m FROM events");
@@ -206,10 +220,7 @@ addr = "{addr}"
         let q = q.replace("{t}", "").replace("{end}", &end.to_string());
         let (st, v) = sql(addr, &q);
         assert_eq!(st, 200, "{name}: {v}");
-        assert!(
-            v["truncated"] == false || rows(&v).len() < 10_000,
-            "{name}: raise max_rows"
-        );
+        assert_eq!(v["truncated"], false, "{name}");
         merged.push((name, strip(rows(&v), drop)));
     }
     // the HTTP views and the one-answer conversion
@@ -326,7 +337,8 @@ fn runaway_queries_hit_their_limits() {
     write("[serving]\nquery_timeout = \"300ms\"\n");
     let e = cli_sql(
         &args,
-        "SELECT COUNT(*) FROM events a, events b WHERE a.ts + INTERVAL '1 second' * (length(a.event_id) + length(b.event_id)) > b.ts",
+        "SELECT COUNT(*) FROM events a CROSS JOIN events b CROSS JOIN events c \
+         WHERE a.qty + b.qty + c.qty < 0",
     )
     .unwrap_err();
     assert!(e.contains("time limit"), "{e}");

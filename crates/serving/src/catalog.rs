@@ -27,6 +27,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{cast, col, lit};
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionConfig, SessionContext};
@@ -265,8 +266,12 @@ impl Catalog {
         let (horizon, live) = self.horizon()?;
         let (snap, staged_rows) = self.archive_now()?;
         let threads = threads(&self.cfg);
+        // no spilling: past its memory a query fails instead of filling the disk
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(self.cfg.memory_limit_mb << 20, 1.0)
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
             .build_arc()?;
         let ctx = SessionContext::new_with_config_rt(
             SessionConfig::new()
@@ -506,20 +511,18 @@ fn floor_day(t: i64) -> i64 {
     t - t.rem_euclid(DAY_MS)
 }
 
-/// Sorts an engine error into what the caller did wrong and what went wrong here.
+/// Sorts an engine error into what the caller did wrong and what went wrong here, by its
+/// root cause (planner errors arrive wrapped in context and diagnostics).
 fn classify(e: DataFusionError) -> ServingError {
-    match e {
-        DataFusionError::ResourcesExhausted(m) => ServingError::TooBig(m),
+    let msg = e.strip_backtrace();
+    match e.find_root() {
+        DataFusionError::ResourcesExhausted(_) => ServingError::TooBig(msg),
         DataFusionError::SQL(..)
         | DataFusionError::Plan(_)
         | DataFusionError::SchemaError(..)
-        | DataFusionError::NotImplemented(_) => ServingError::BadQuery(e.strip_backtrace()),
-        DataFusionError::Context(c, inner) => match classify(*inner) {
-            ServingError::BadQuery(m) => ServingError::BadQuery(format!("{c}: {m}")),
-            other => other,
-        },
-        DataFusionError::Execution(m) => ServingError::BadQuery(m),
-        DataFusionError::ArrowError(a, _) => ServingError::BadQuery(a.to_string()),
-        other => ServingError::Internal(other.strip_backtrace()),
+        | DataFusionError::NotImplemented(_)
+        | DataFusionError::Execution(_)
+        | DataFusionError::ArrowError(..) => ServingError::BadQuery(msg),
+        _ => ServingError::Internal(msg),
     }
 }
