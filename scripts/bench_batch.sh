@@ -11,6 +11,8 @@
 #   THREADS=2     DataFusion target partitions ([batch] threads) and DuckDB's `SET threads`
 #   WORK=/work/bench-tmp/batch   scratch directory (removed at the end unless KEEP=1)
 #   BUILD=1       build first (BUILD=0: use the binaries already in target/release)
+#   BIN=, EXAMPLES=   the cartpulse binary and the directory of dump_sql/per_view
+#                 (default target/release, target/release/examples)
 #   KEEP=0        keep WORK (archive, views) afterwards
 #   FULL=0        also compare every view row by row (EXCEPT ALL both ways), not only counts/sums
 #   PER_VIEW=1    also run crates/batch/examples/per_view.rs once: the same DataFusion statements
@@ -39,6 +41,7 @@ RATE=$(python3 -c "print(round($EVENTS / ($DAYS * 86400.0), 4))")
 
 target=${CARGO_TARGET_DIR:-target}
 bin=${BIN:-$target/release/cartpulse}
+examples=${EXAMPLES:-$target/release/examples}
 py=$target/duckdb-venv/bin/python
 
 log() { echo "bench_batch: $*" >&2; }
@@ -103,7 +106,7 @@ lake_bytes=$(find "$WORK/lake" -name '*.parquet' -printf '%s\n' | awk '{s += $1}
 lake_files=$(find "$WORK/lake" -name '*.parquet' | wc -l)
 log "archive: $run_wall wall, $lake_files Parquet files, $(( lake_bytes / 1000000 )) MB"
 
-"$target/release/examples/dump_sql" "$WORK/lake" "$WORK/cartpulse.toml" >"$WORK/sql.json"
+"$examples/dump_sql" "$WORK/lake" "$WORK/cartpulse.toml" >"$WORK/sql.json"
 "$py" - "$WORK/sql.json" "$WORK/lake" <<'EOF' >&2
 import json, sys, duckdb
 p = json.load(open(sys.argv[1]))
@@ -141,7 +144,7 @@ done
 if [ "$PER_VIEW" = 1 ]; then
   log "per view: DataFusion (crates/batch/examples/per_view.rs), DuckDB (the last run above)"
   rm -rf "$WORK/pv"
-  /usr/bin/time -v -o "$WORK/pv.time" "$target/release/examples/per_view" "$WORK/sql.json" "$WORK/pv" "$THREADS" >"$WORK/pv.json"
+  /usr/bin/time -v -o "$WORK/pv.time" "$examples/per_view" "$WORK/sql.json" "$WORK/pv" "$THREADS" >"$WORK/pv.json"
   log "per_view: $(field 'Elapsed (wall clock) time (h:mm:ss or m:ss)' "$WORK/pv.time") wall, $(( $(field 'Maximum resident set size (kbytes)' "$WORK/pv.time") / 1024 )) MiB peak RSS"
   echo "datafusion per view: $(cat "$WORK/pv.json")"
   echo "duckdb per view: $(cat "$WORK/dd.json")"

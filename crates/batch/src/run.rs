@@ -283,13 +283,12 @@ pub async fn run_batch_async(job: &BatchJob) -> Result<BatchReport, BatchError> 
             let name = day_name(d);
             for v in DayView::ALL {
                 bar.set_message(format!("{name} {}", v.name()));
-                let (schema, batches) = query(&ctx, &views::day_sql(job, v, d, h)).await?;
                 let path = job
                     .out
                     .join(v.name())
                     .join(format!("dt={name}"))
                     .join("part-0.parquet");
-                let n = write_parquet(&path, schema, &batches)?;
+                let n = query_to_parquet(&ctx, &views::day_sql(job, v, d, h), &path).await?;
                 *report.rows.entry(v.name().to_string()).or_default() += n;
                 bar.inc(1);
             }
@@ -313,8 +312,8 @@ pub async fn run_batch_async(job: &BatchJob) -> Result<BatchReport, BatchError> 
         if have {
             for v in TOTAL_VIEWS {
                 bar.set_message(v.to_string());
-                let (schema, batches) = query(&ctx, &views::total_sql(v)).await?;
-                let n = write_parquet(&job.out.join(v).join("part-0.parquet"), schema, &batches)?;
+                let path = job.out.join(v).join("part-0.parquet");
+                let n = query_to_parquet(&ctx, &views::total_sql(v), &path).await?;
                 report.rows.insert(v.to_string(), n);
                 bar.inc(1);
             }
@@ -424,32 +423,71 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), BatchError> {
     Ok(())
 }
 
-/// Writes a view file (atomically replacing an older one); returns the rows written.
-fn write_parquet(
-    path: &Path,
-    schema: SchemaRef,
-    batches: &[RecordBatch],
-) -> Result<u64, BatchError> {
-    let dir = path.parent().expect("a file in a directory");
-    fs::create_dir_all(dir).map_err(io(dir))?;
-    let tmp = dir.join(".part-0.parquet.tmp");
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .build();
-    let perr = |source| BatchError::Parquet {
-        path: path.to_path_buf(),
+/// Runs `sql` and writes its answer as a view file as the batches come (atomically
+/// replacing an older one): a view never sits whole in memory. Returns the rows written.
+async fn query_to_parquet(ctx: &SessionContext, sql: &str, path: &Path) -> Result<u64, BatchError> {
+    use futures_util::StreamExt;
+    let qerr = |source| BatchError::Query {
+        sql: sql.to_string(),
         source,
     };
-    let f = File::create(&tmp).map_err(io(&tmp))?;
-    let mut w = ArrowWriter::try_new(f, schema, Some(props)).map_err(perr)?;
-    let mut n = 0;
-    for b in batches {
-        w.write(b).map_err(perr)?;
-        n += b.num_rows() as u64;
+    let df = ctx.sql(sql).await.map_err(qerr)?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let mut stream = df.execute_stream().await.map_err(qerr)?;
+    let mut w = ViewWriter::create(path, schema)?;
+    while let Some(b) = stream.next().await {
+        w.write(&b.map_err(qerr)?)?;
     }
-    w.close().map_err(perr)?;
-    fs::rename(&tmp, path).map_err(io(&tmp))?;
-    Ok(n)
+    w.finish()
+}
+
+/// A view file being written: under a temporary name until [`ViewWriter::finish`].
+struct ViewWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    w: ArrowWriter<File>,
+    rows: u64,
+}
+
+impl ViewWriter {
+    fn create(path: &Path, schema: SchemaRef) -> Result<ViewWriter, BatchError> {
+        let dir = path.parent().expect("a file in a directory");
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let tmp = dir.join(".part-0.parquet.tmp");
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .build();
+        let f = File::create(&tmp).map_err(io(&tmp))?;
+        let w =
+            ArrowWriter::try_new(f, schema, Some(props)).map_err(|source| BatchError::Parquet {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(ViewWriter {
+            path: path.to_path_buf(),
+            tmp,
+            w,
+            rows: 0,
+        })
+    }
+
+    fn write(&mut self, b: &RecordBatch) -> Result<(), BatchError> {
+        self.w.write(b).map_err(|source| BatchError::Parquet {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.rows += b.num_rows() as u64;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<u64, BatchError> {
+        self.w.close().map_err(|source| BatchError::Parquet {
+            path: self.path.clone(),
+            source,
+        })?;
+        fs::rename(&self.tmp, &self.path).map_err(io(&self.tmp))?;
+        Ok(self.rows)
+    }
 }
 
 /// The basket file `cartpulse fpgrowth` reads: one order per line, items comma-separated.

@@ -33,7 +33,13 @@ pub struct SqlArgs {
     /// The statement (read-only, one). Tables: `events`, `archive`, the merged views
     /// (`user_windows`, `global_windows`, `user_daily`, `conversion_daily`, `retention`, …)
     /// and each batch view as written (`batch_<view>`).
-    query: String,
+    #[arg(required_unless_present = "listen")]
+    query: Option<String>,
+    /// Instead of one query, serve this SQL over the PostgreSQL protocol on this address
+    /// until Ctrl-C (psql, Grafana, drivers); a password comes from `[serving.postgres]`
+    /// or `CARTPULSE_PG_PASSWORD`.
+    #[arg(long, conflicts_with = "query")]
+    listen: Option<std::net::SocketAddr>,
     /// Archive root written by the `parquet` sink.
     #[arg(long)]
     archive: PathBuf,
@@ -144,11 +150,32 @@ pub fn sql(a: SqlArgs) -> Result<()> {
     }
     let mut job = BatchJob::new(&a.archive, a.views.clone().unwrap_or_default(), &pipeline);
     job.config = bcfg;
+    let mut pg = scfg.postgres.clone();
+    if let Some(addr) = a.listen {
+        pg.listen = Some(addr);
+        pg.validate()
+            .map_err(|e| anyhow::anyhow!("--listen: {e}"))?;
+    }
     let catalog = std::sync::Arc::new(Catalog::new(&a.archive, a.views.clone(), job, None, scfg)?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let answer = rt.block_on(catalog.sql(&a.query))?;
+    let Some(query) = a.query else {
+        let addr = pg.listen.expect("clap: --listen or a query");
+        let listener = crate::bind_pg(addr)?;
+        eprintln!(
+            "cartpulse sql: PostgreSQL protocol on {addr} (psql -h {} -p {} -U {}); Ctrl-C stops",
+            addr.ip(),
+            addr.port(),
+            pg.user
+        );
+        return rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            cartpulse_serving::pg::serve(listener, catalog, pg, crate::shutdown_signal()).await?;
+            Ok(())
+        });
+    };
+    let answer = rt.block_on(catalog.sql(&query))?;
     if a.format == "json" {
         let mut out = answer.to_json()?;
         out.push(b'\n');

@@ -386,6 +386,7 @@ fn run_config(path: &Path) -> Result<()> {
     };
     // the serving layer: the speed layer's windows kept by one more sink, merged with the
     // batch views at query time
+    let mut pg = None;
     let query = match (&batch_job, app.serving.enabled) {
         (Some(job), true) => {
             let dir = app.serving.dir.clone().unwrap_or_else(|| {
@@ -400,17 +401,23 @@ fn run_config(path: &Path) -> Result<()> {
             sinks.push(Box::new(cartpulse_serving::LiveWindowSink::new(
                 live.clone(),
             )));
-            let catalog = cartpulse_serving::Catalog::new(
+            let catalog = std::sync::Arc::new(cartpulse_serving::Catalog::new(
                 job.archive.clone(),
                 Some(job.out.clone()),
                 job.clone(),
                 Some(live),
                 app.serving.clone(),
-            )?;
-            Some(
-                std::sync::Arc::new(cartpulse_serving::HttpQuery(std::sync::Arc::new(catalog)))
-                    as std::sync::Arc<dyn cartpulse_serve::QueryService>,
-            )
+            )?);
+            // bound now, so a taken port fails the start, not a background task
+            if let Some(addr) = app.serving.postgres.listen {
+                pg = Some(PgListener {
+                    listener: bind_pg(addr)?,
+                    catalog: catalog.clone(),
+                    cfg: app.serving.postgres.clone(),
+                });
+            }
+            Some(std::sync::Arc::new(cartpulse_serving::HttpQuery(catalog))
+                as std::sync::Arc<dyn cartpulse_serve::QueryService>)
         }
         _ => None,
     };
@@ -433,6 +440,7 @@ fn run_config(path: &Path) -> Result<()> {
         http,
         ingest,
         query,
+        pg,
         app.analytics.rules_file.clone(),
     );
     if let Some(b) = batch {
@@ -538,6 +546,7 @@ fn run_live(
     http: Option<(std::net::SocketAddr, cartpulse_serve::ServeOptions)>,
     ingest: Option<std::sync::Arc<dyn cartpulse_serve::Ingest>>,
     query: Option<std::sync::Arc<dyn cartpulse_serve::QueryService>>,
+    pg: Option<PgListener>,
     rules_file: Option<PathBuf>,
 ) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -570,6 +579,22 @@ fn run_live(
                 }
             });
         }
+        if let Some(pg) = pg {
+            let mut rx3 = rx.clone();
+            let addr = pg.listener.local_addr()?;
+            let listener = tokio::net::TcpListener::from_std(pg.listener)?;
+            tracing::info!(%addr, "postgres protocol: serving SQL");
+            tokio::spawn(async move {
+                let stop = async move {
+                    let _ = rx3.wait_for(|v| *v).await;
+                };
+                if let Err(e) =
+                    cartpulse_serving::pg::serve(listener, pg.catalog, pg.cfg, stop).await
+                {
+                    tracing::error!(error = %e, "postgres server failed");
+                }
+            });
+        }
         let join = tokio::task::spawn_blocking(move || handle.join());
         tokio::pin!(join);
         let summary = tokio::select! {
@@ -588,7 +613,21 @@ fn run_live(
     })
 }
 
-async fn shutdown_signal() {
+/// The PostgreSQL protocol's listener, bound before the pipeline starts.
+pub(crate) struct PgListener {
+    pub listener: std::net::TcpListener,
+    pub catalog: std::sync::Arc<cartpulse_serving::Catalog>,
+    pub cfg: cartpulse_serving::PgConfig,
+}
+
+pub(crate) fn bind_pg(addr: std::net::SocketAddr) -> Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("[serving.postgres] listen = \"{addr}\": cannot listen there"))?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

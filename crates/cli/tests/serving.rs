@@ -106,6 +106,108 @@ const QUERIES: [(&str, &str, &[&str]); 7] = [
     ),
 ];
 
+/// `psql --csv -c q`: the header and rows, or psql's error text.
+fn psql(
+    pg: SocketAddr,
+    password: &str,
+    q: &str,
+) -> Result<(Vec<String>, Vec<Vec<Option<String>>>), String> {
+    let o = Command::new("psql")
+        .arg(format!(
+            "host={} port={} user=grafana dbname=cartpulse connect_timeout=5",
+            pg.ip(),
+            pg.port()
+        ))
+        .args(["--csv", "--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-c", q])
+        .env("PGPASSWORD", password)
+        .output()
+        .expect("psql (the PostgreSQL client) is installed");
+    if !o.status.success() {
+        return Err(String::from_utf8_lossy(&o.stderr).into_owned());
+    }
+    let mut lines = csv(&String::from_utf8_lossy(&o.stdout)).into_iter();
+    let header = lines
+        .next()
+        .ok_or("no header")?
+        .into_iter()
+        .map(|c| c.unwrap_or_default())
+        .collect();
+    Ok((header, lines.collect()))
+}
+
+/// CSV as psql writes it: an unquoted empty field is NULL, `""` is the empty string.
+fn csv(text: &str) -> Vec<Vec<Option<String>>> {
+    let mut out = Vec::new();
+    let (mut row, mut cell, mut quoted, mut in_q) = (Vec::new(), String::new(), false, false);
+    let mut chars = text.chars().peekable();
+    while let Some(ch) = chars.next() {
+        match (in_q, ch) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                cell.push('"');
+            }
+            (true, '"') => in_q = false,
+            (true, c) => cell.push(c),
+            (false, '"') => {
+                in_q = true;
+                quoted = true;
+            }
+            (false, ',') | (false, '\n') => {
+                let c = std::mem::take(&mut cell);
+                row.push(if c.is_empty() && !quoted {
+                    None
+                } else {
+                    Some(c)
+                });
+                quoted = false;
+                if ch == '\n' {
+                    out.push(std::mem::take(&mut row));
+                }
+            }
+            (false, c) => cell.push(c),
+        }
+    }
+    out
+}
+
+/// A time as text in either notation (`T`/space, `Z`/`+00`, trailing fraction zeros).
+fn norm_time(s: &str) -> String {
+    let mut t = s.replacen('T', " ", 1);
+    for z in ["Z", "+00:00", "+00"] {
+        if let Some(x) = t.strip_suffix(z) {
+            t = x.to_string();
+        }
+    }
+    if t.contains('.') && t.len() >= 19 {
+        t = t.trim_end_matches('0').trim_end_matches('.').to_string();
+    }
+    t
+}
+
+/// psql's text rows equal the HTTP answer's JSON rows, column by column.
+fn same_as_http(what: &str, header: &[String], got: &[Vec<Option<String>>], want: &[Value]) {
+    assert!(!want.is_empty(), "{what}: rows to compare");
+    assert_eq!(got.len(), want.len(), "{what}: row count");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        for (c, name) in header.iter().enumerate() {
+            let (text, json) = (&g[c], &w[name]);
+            let same = match (json, text) {
+                (Value::Null, None) => true,
+                (Value::String(j), Some(t)) => j == t || norm_time(j) == norm_time(t),
+                (Value::Number(j), Some(t)) => {
+                    t.parse::<f64>().ok() == j.as_f64() || j.to_string() == *t
+                }
+                (Value::Bool(j), Some(t)) => (t == "t" || t == "true") == *j,
+                _ => false,
+            };
+            assert!(
+                same,
+                "{what}: row {i} column {name}: psql {text:?}, HTTP {json}"
+            );
+        }
+    }
+}
+
 #[test]
 fn merged_views_equal_a_full_recomputation_while_running() {
     let dir = tempfile::tempdir().unwrap();
@@ -116,6 +218,7 @@ fn merged_views_equal_a_full_recomputation_while_running() {
     let expected = distinct_events(&input);
 
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let pg: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let (lake, views) = (d.join("lake"), d.join("views"));
     let cfg = d.join("run.toml");
     std::fs::write(
@@ -140,6 +243,10 @@ views_dir = "{views}"
 [serving]
 enabled = true
 max_rows = 1000000
+[serving.postgres]
+listen = "{pg}"
+user = "grafana"
+password = "pw"
 [http]
 enabled = true
 addr = "{addr}"
@@ -223,6 +330,42 @@ addr = "{addr}"
         assert_eq!(v["truncated"], false, "{name}");
         merged.push((name, strip(rows(&v), drop)));
     }
+    // the same answers over the PostgreSQL protocol, to psql itself
+    for (name, q, _) in QUERIES {
+        let q = q.replace("{t}", "").replace("{end}", &end.to_string());
+        let (_, v) = sql(addr, &q);
+        let (header, got) = psql(pg, "pw", &q).unwrap_or_else(|e| panic!("{name}: {e}"));
+        same_as_http(name, &header, &got, &rows(&v));
+    }
+    let e = psql(pg, "wrong", "SELECT 1").unwrap_err();
+    assert!(e.contains("password authentication failed"), "{e}");
+    let e = psql(pg, "pw", "SELECT nope FROM events").unwrap_err();
+    assert!(e.contains("nope"), "{e}");
+    // and to a driver, with a bound parameter (extended protocol)
+    let (_, v) = sql(addr, "SELECT user_id, COUNT(*) AS n FROM user_daily GROUP BY user_id ORDER BY n DESC, user_id LIMIT 1");
+    let top = rows(&v)[0].clone();
+    let n = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let (c, conn) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=grafana password=pw dbname=cartpulse",
+                pg.port()
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let r = c
+            .query_one(
+                "SELECT COUNT(*) FROM user_daily WHERE user_id = $1",
+                &[&top["user_id"].as_str().unwrap()],
+            )
+            .await
+            .unwrap();
+        r.get::<_, i64>(0)
+    });
+    assert_eq!(n, top["n"].as_i64().unwrap());
+
     // the HTTP views and the one-answer conversion
     let r = request(addr, "GET", "/api/views", &[], b"").unwrap();
     assert_eq!(r.status, 200);

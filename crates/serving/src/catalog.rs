@@ -74,6 +74,15 @@ pub struct Answer {
     pub elapsed: Duration,
 }
 
+/// A statement's answer columns and placeholder types, known before it runs.
+#[derive(Clone, Debug)]
+pub struct Described {
+    pub schema: SchemaRef,
+    /// `$1`, `$2`, …: the type the planner inferred, or `None` where nothing in the
+    /// statement says.
+    pub params: Vec<Option<DataType>>,
+}
+
 pub struct Catalog {
     archive: PathBuf,
     views: Option<PathBuf>,
@@ -133,14 +142,47 @@ impl Catalog {
     /// Runs one read-only statement under the time, memory and row limits. Never panics
     /// into the caller: a failure inside the engine comes back as an error.
     pub async fn sql(self: &Arc<Self>, sql: &str) -> Result<Answer, ServingError> {
-        let me = self.clone();
+        self.query(sql, Vec::new()).await
+    }
+
+    /// [`Catalog::sql`] with values for the statement's `$1`, `$2`, … placeholders, each
+    /// cast to the type the planner inferred for it.
+    pub async fn query(
+        self: &Arc<Self>,
+        sql: &str,
+        params: Vec<ScalarValue>,
+    ) -> Result<Answer, ServingError> {
         let sql = sql.to_string();
+        self.limited(move |me| async move { me.run(&sql, params).await })
+            .await
+    }
+
+    /// The columns a statement would answer with and the types of its placeholders,
+    /// without running it (what a PostgreSQL client's Describe asks).
+    pub async fn describe(self: &Arc<Self>, sql: &str) -> Result<Described, ServingError> {
+        let sql = sql.to_string();
+        self.limited(move |me| async move {
+            let (df, _) = me.plan(&sql).await?;
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let params = placeholders(&df)?;
+            Ok(Described { schema, params })
+        })
+        .await
+    }
+
+    /// Runs `f` on the query runtime under the time limit.
+    async fn limited<T, F, Fut>(self: &Arc<Self>, f: F) -> Result<T, ServingError>
+    where
+        F: FnOnce(Arc<Self>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ServingError>> + Send + 'static,
+        T: Send + 'static,
+    {
         let timeout = self.cfg.query_timeout;
         let task = self
             .rt
             .as_ref()
             .expect("the runtime lives as long as the catalog")
-            .spawn(async move { me.run(&sql).await });
+            .spawn(f(self.clone()));
         let abort = task.abort_handle();
         match tokio::time::timeout(timeout, task).await {
             Ok(Ok(r)) => r,
@@ -154,8 +196,8 @@ impl Catalog {
         }
     }
 
-    async fn run(&self, sql: &str) -> Result<Answer, ServingError> {
-        let started = Instant::now();
+    /// Checks the statement (one, read-only) and plans it over a fresh context.
+    async fn plan(&self, sql: &str) -> Result<(DataFrame, Option<i64>), ServingError> {
         if sql.trim().is_empty() {
             return Err(ServingError::BadQuery("empty query".into()));
         }
@@ -175,6 +217,37 @@ impl Catalog {
             .with_allow_dml(false)
             .with_allow_statements(false);
         let df = ctx.sql_with_options(sql, opts).await.map_err(classify)?;
+        Ok((df, horizon))
+    }
+
+    async fn run(&self, sql: &str, params: Vec<ScalarValue>) -> Result<Answer, ServingError> {
+        let started = Instant::now();
+        let (mut df, horizon) = self.plan(sql).await?;
+        let wanted = placeholders(&df)?;
+        if params.len() != wanted.len() {
+            return Err(ServingError::BadQuery(format!(
+                "the statement has {} parameter{}, {} given",
+                wanted.len(),
+                if wanted.len() == 1 { "" } else { "s" },
+                params.len()
+            )));
+        }
+        if !params.is_empty() {
+            let mut values = Vec::with_capacity(params.len());
+            for (i, (v, ty)) in params.into_iter().zip(&wanted).enumerate() {
+                values.push(match ty {
+                    Some(t) if v.data_type() != *t => v.cast_to(t).map_err(|e| {
+                        ServingError::BadQuery(format!(
+                            "parameter ${}: {}",
+                            i + 1,
+                            e.strip_backtrace()
+                        ))
+                    })?,
+                    _ => v,
+                });
+            }
+            df = df.with_param_values(values).map_err(classify)?;
+        }
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let mut stream = df.execute_stream().await.map_err(classify)?;
         let (mut batches, mut rows, mut truncated) = (Vec::new(), 0usize, false);
@@ -435,6 +508,29 @@ impl Catalog {
         }
         Ok((ctx, horizon))
     }
+}
+
+/// The statement's `$n` placeholders in order, with their inferred types. Numbers left out
+/// (`$2` without `$1`) are placeholders of no known type.
+fn placeholders(df: &DataFrame) -> Result<Vec<Option<DataType>>, ServingError> {
+    let found = df.logical_plan().get_parameter_types().map_err(classify)?;
+    let mut out: Vec<Option<DataType>> = Vec::new();
+    for (name, ty) in found {
+        let n: usize = name
+            .strip_prefix('$')
+            .and_then(|n| n.parse().ok())
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| {
+                ServingError::BadQuery(format!(
+                    "placeholder {name}: expected $1, $2, … (named placeholders are not supported)"
+                ))
+            })?;
+        if out.len() < n {
+            out.resize(n, None);
+        }
+        out[n - 1] = ty;
+    }
+    Ok(out)
 }
 
 /// The merged view's carts-now gauges, which only the speed layer has, as NULL.

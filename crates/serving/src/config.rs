@@ -1,6 +1,7 @@
 //! The `[serving]` config section: query limits and where the speed layer's windows are kept.
 
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -23,6 +24,59 @@ pub struct ServingConfig {
     /// Where the speed layer's window records after the batch horizon are journaled, so a
     /// restart serves them again; default `<checkpoint dir>/serving`.
     pub dir: Option<PathBuf>,
+    /// The same SQL over the PostgreSQL wire protocol (`[serving.postgres]`).
+    pub postgres: PgConfig,
+}
+
+/// `[serving.postgres]`: psql, Grafana's PostgreSQL data source and PostgreSQL drivers
+/// connect here.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PgConfig {
+    /// Address to listen on, e.g. `"127.0.0.1:5433"`; unset, there is no PostgreSQL server.
+    pub listen: Option<SocketAddr>,
+    /// The user a client logs in as when a password is set.
+    pub user: String,
+    /// MD5 password authentication when set (or from `CARTPULSE_PG_PASSWORD`, which wins).
+    /// Without a password every client is trusted, so the address must be a loopback one.
+    pub password: Option<String>,
+}
+
+/// Overrides `[serving.postgres] password`, so the secret need not sit in the config file.
+pub const PG_PASSWORD_ENV: &str = "CARTPULSE_PG_PASSWORD";
+
+impl Default for PgConfig {
+    fn default() -> Self {
+        PgConfig {
+            listen: None,
+            user: "cartpulse".into(),
+            password: None,
+        }
+    }
+}
+
+impl PgConfig {
+    pub fn effective_password(&self) -> Option<String> {
+        std::env::var(PG_PASSWORD_ENV)
+            .ok()
+            .filter(|p| !p.is_empty())
+            .or_else(|| self.password.clone())
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(addr) = self.listen {
+            if self.effective_password().is_none() && !addr.ip().is_loopback() {
+                return Err(format!(
+                    "postgres.listen: {addr} is not a loopback address; expected \
+                     postgres.password (or {PG_PASSWORD_ENV}) to be set so clients must log in"
+                ));
+            }
+            if self.user.is_empty() {
+                return Err("postgres.user: expected a user name".into());
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for ServingConfig {
@@ -34,6 +88,7 @@ impl Default for ServingConfig {
             max_rows: 10_000,
             threads: 0,
             dir: None,
+            postgres: PgConfig::default(),
         }
     }
 }
@@ -49,7 +104,7 @@ impl ServingConfig {
         if self.max_rows == 0 {
             return Err("max_rows: expected at least 1".into());
         }
-        Ok(())
+        self.postgres.validate()
     }
 }
 
@@ -70,5 +125,15 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().unwrap_err().contains("max_rows"));
+        // trusting every client is only for loopback
+        let c: ServingConfig = toml::from_str("[postgres]\nlisten = \"0.0.0.0:5433\"").unwrap();
+        if std::env::var(PG_PASSWORD_ENV).is_err() {
+            assert!(c.validate().unwrap_err().contains("postgres.password"));
+        }
+        let c: ServingConfig =
+            toml::from_str("[postgres]\nlisten = \"0.0.0.0:5433\"\npassword = \"s\"").unwrap();
+        c.validate().unwrap();
+        let e = toml::from_str::<ServingConfig>("[postgres]\nlisten = \"nowhere\"").unwrap_err();
+        assert!(e.to_string().contains("listen"), "{e}");
     }
 }

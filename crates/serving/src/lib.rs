@@ -6,15 +6,17 @@
 //! * [`live`]: the speed layer's committed window results after the horizon, fed by a sink.
 //! * [`answer`]: an answer as JSON (exact decimals) or as a text table.
 //! * [`http`]: the HTTP routes' requests as SQL.
+//! * [`pg`]: the same SQL over the PostgreSQL wire protocol.
 
 pub mod answer;
 pub mod catalog;
 pub mod config;
 pub mod http;
 pub mod live;
+pub mod pg;
 
-pub use catalog::{Answer, Catalog, TABLES};
-pub use config::ServingConfig;
+pub use catalog::{Answer, Catalog, Described, TABLES};
+pub use config::{PgConfig, ServingConfig};
 pub use http::HttpQuery;
 pub use live::{LiveWindowSink, LiveWindows};
 
@@ -31,6 +33,11 @@ pub enum ServingError {
     /// Past `memory_limit_mb`.
     #[error("the query needs more memory than its limit allows: {0}")]
     TooBig(String),
+    /// A PostgreSQL client cannot be told an answer was cut, so there it is an error.
+    #[error(
+        "the answer has more than {0} rows ([serving] max_rows); narrow the query or add a LIMIT"
+    )]
+    TooManyRows(usize),
     #[error("serving config: {0}")]
     Config(String),
     #[error("{0}")]
@@ -58,7 +65,7 @@ impl ServingError {
     pub fn status(&self) -> u16 {
         match self {
             ServingError::BadQuery(_) => 400,
-            ServingError::TooBig(_) => 413,
+            ServingError::TooBig(_) | ServingError::TooManyRows(_) => 413,
             ServingError::Timeout(_) => 504,
             _ => 500,
         }
@@ -69,6 +76,7 @@ impl ServingError {
         match self {
             ServingError::BadQuery(_) => "bad_query",
             ServingError::TooBig(_) => "memory_limit",
+            ServingError::TooManyRows(_) => "too_many_rows",
             ServingError::Timeout(_) => "timeout",
             _ => "internal",
         }
