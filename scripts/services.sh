@@ -3,6 +3,7 @@
 #   chromium    headless browser for crates/cli/tests/browser.rs (dashboard, screenshot)
 #   prometheus  real Prometheus for crates/cli/tests/prometheus.rs, and promtool (same
 #               package) for crates/cli/tests/deploy.rs
+#   psql        PostgreSQL's own client, for crates/cli/tests/serving.rs (the pgwire server)
 # Debian packages, installed with apt-get. Nothing is started here: each test starts its own
 # processes on free loopback ports and stops them. Does nothing (and quickly) when all is there.
 # Each connector that needs more (a broker, a database server) adds its own idempotent
@@ -23,13 +24,14 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
   need+=(prometheus)
 fi
+command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 # any font, so that the dashboard screenshot has readable text
 if ! { command -v fc-list >/dev/null 2>&1 && [ -n "$(fc-list 2>/dev/null | head -n 1)" ]; }; then
   need+=(fonts-dejavu-core)
 fi
 
 if [ ${#need[@]} -eq 0 ]; then
-  echo "services.sh: chromium, prometheus and promtool are installed"
+  echo "services.sh: chromium, prometheus, promtool and psql are installed"
   run_parts
   exit 0
 fi
@@ -64,7 +66,7 @@ trap cleanup EXIT
 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
   apt-get install -y -qq --no-install-recommends "${need[@]}"
 
-for tool in chromium prometheus promtool; do
+for tool in chromium prometheus promtool psql; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     echo "services.sh: $tool is still missing after the install" >&2
     exit 1

@@ -533,7 +533,7 @@ fn demo(a: DemoArgs) -> Result<()> {
     if let Some(op) = analytics::operator(&acfg, "demo")? {
         p = p.with_operator(op);
     }
-    let r = run_live(p, Some((a.addr, opts)), None, None, None);
+    let r = run_live(p, Some((a.addr, opts)), None, None, None, None);
     // each demo starts from scratch, so its checkpoints are of no use once it has stopped
     let _ = std::fs::remove_dir_all(base.join("checkpoints"));
     r
