@@ -531,10 +531,12 @@ fn param(portal: &Portal<PgStatement>, i: usize, t: &Type) -> PgWireResult<Scala
         Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
             ScalarValue::Utf8(portal.parameter::<String>(i, t).map_err(p)?)
         }
-        _ => return Err(pg_error(ServingError::BadQuery(format!(
+        _ => {
+            return Err(pg_error(ServingError::BadQuery(format!(
             "parameter ${}: type {t} is not supported (use text, a number, a date or a timestamp)",
             i + 1
-        )))),
+        ))))
+        }
     })
 }
 
