@@ -106,12 +106,11 @@ const QUERIES: [(&str, &str, &[&str]); 7] = [
     ),
 ];
 
+/// Rows of text cells, `None` for NULL.
+type TextRows = Vec<Vec<Option<String>>>;
+
 /// `psql --csv -c q`: the header and rows, or psql's error text.
-fn psql(
-    pg: SocketAddr,
-    password: &str,
-    q: &str,
-) -> Result<(Vec<String>, Vec<Vec<Option<String>>>), String> {
+fn psql(pg: SocketAddr, password: &str, q: &str) -> Result<(Vec<String>, TextRows), String> {
     let o = Command::new("psql")
         .arg(format!(
             "host={} port={} user=grafana dbname=cartpulse connect_timeout=5",
@@ -136,7 +135,7 @@ fn psql(
 }
 
 /// CSV as psql writes it: an unquoted empty field is NULL, `""` is the empty string.
-fn csv(text: &str) -> Vec<Vec<Option<String>>> {
+fn csv(text: &str) -> TextRows {
     let mut out = Vec::new();
     let (mut row, mut cell, mut quoted, mut in_q) = (Vec::new(), String::new(), false, false);
     let mut chars = text.chars().peekable();
