@@ -9,6 +9,7 @@
 #   USERS=        generator users (default: EVENTS / 100, at least 100000)
 #   RUNS=2        timed runs of each engine (the views are rebuilt from scratch each time)
 #   THREADS=2     DataFusion target partitions ([batch] threads) and DuckDB's `SET threads`
+#   MEM=0         [batch] memory_limit_mb for cartpulse batch (0: no limit; spills to WORK/spill)
 #   WORK=/work/bench-tmp/batch   scratch directory (removed at the end unless KEEP=1)
 #   BUILD=1       build first (BUILD=0: use the binaries already in target/release)
 #   BIN=, EXAMPLES=   the cartpulse binary and the directory of dump_sql/per_view
@@ -88,6 +89,8 @@ dir = "$WORK/lake"
 
 [batch]
 threads = $THREADS
+memory_limit_mb = ${MEM:-0}
+spill_dir = "$WORK/spill"
 EOF
 
 log "gen: $EVENTS events, $USERS users, rate $RATE events/s of event time (~$DAYS days)"

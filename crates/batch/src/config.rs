@@ -19,6 +19,12 @@ pub struct BatchConfig {
     pub lookback: Duration,
     /// DataFusion partitions (threads) per query; 0 means the number of cores.
     pub threads: usize,
+    /// Memory the batch layer's queries may hold at once, in MiB; past it, sorts and
+    /// aggregations spill to `spill_dir` instead of growing. 0: no limit (nothing spills,
+    /// and a day of history must fit in memory).
+    pub memory_limit_mb: usize,
+    /// Where spill files go (default: the system's temporary directory).
+    pub spill_dir: Option<PathBuf>,
     /// Where `cartpulse run` writes the views when it runs the batch layer itself, every
     /// `interval`, over the archive of its `parquet` sink; unset: `run` leaves the batch
     /// layer to `cartpulse batch` (e.g. from cron).
@@ -31,6 +37,8 @@ impl Default for BatchConfig {
             interval: Duration::from_secs(3600),
             lookback: Duration::from_secs(24 * 3600),
             threads: 0,
+            memory_limit_mb: 0,
+            spill_dir: None,
             views_dir: None,
         }
     }
@@ -43,6 +51,9 @@ impl BatchConfig {
         }
         if self.lookback > Duration::from_secs(366 * 24 * 3600) {
             return Err("lookback: expected at most a year".into());
+        }
+        if self.memory_limit_mb != 0 && self.memory_limit_mb < 64 {
+            return Err("memory_limit_mb: expected 0 (no limit) or at least 64".into());
         }
         Ok(())
     }

@@ -39,6 +39,16 @@ pub enum BatchError {
         #[source]
         source: datafusion::error::DataFusionError,
     },
+    /// A query needed more at once than `[batch] memory_limit_mb` leaves it, even spilling.
+    #[error(
+        "query ran out of memory under [batch] memory_limit_mb = {limit_mb} (raise it, or set 0 for no limit): {source}\n  in: {sql}"
+    )]
+    Memory {
+        limit_mb: usize,
+        sql: String,
+        #[source]
+        source: datafusion::error::DataFusionError,
+    },
     #[error(transparent)]
     DataFusion(#[from] datafusion::error::DataFusionError),
     #[error(transparent)]

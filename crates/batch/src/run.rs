@@ -16,6 +16,9 @@ use cartpulse_lake::{published_files, ArchiveState};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
@@ -128,6 +131,27 @@ fn threads(job: &BatchJob) -> usize {
     }
 }
 
+/// The queries' memory pool: unbounded, or `memory_limit_mb` shared fairly between the
+/// spilling operators of a query, which then spill to disk rather than fail.
+fn runtime_env(job: &BatchJob) -> Result<Arc<RuntimeEnv>, BatchError> {
+    let mut b = RuntimeEnvBuilder::new();
+    if job.config.memory_limit_mb > 0 {
+        let bytes = job.config.memory_limit_mb << 20;
+        b = b.with_memory_pool(Arc::new(FairSpillPool::new(bytes)));
+        if let Some(dir) = &job.config.spill_dir {
+            std::fs::create_dir_all(dir).map_err(|source| BatchError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            b = b.with_disk_manager_builder(
+                DiskManagerBuilder::default()
+                    .with_mode(DiskManagerMode::Directories(vec![dir.clone()])),
+            );
+        }
+    }
+    Ok(b.build_arc()?)
+}
+
 fn fingerprint(job: &BatchJob) -> String {
     format!(
         "v{VIEWS_VERSION} user={:?} global={:?} lookback={:?}",
@@ -154,6 +178,31 @@ fn floor_day(t: i64) -> i64 {
 }
 
 pub async fn run_batch_async(job: &BatchJob) -> Result<BatchReport, BatchError> {
+    recompute(job).await.map_err(|e| out_of_memory(job, e))
+}
+
+/// A query that failed for want of memory under a limit, said as such (the planner's
+/// errors arrive wrapped, so the root cause is looked for).
+fn out_of_memory(job: &BatchJob, e: BatchError) -> BatchError {
+    match e {
+        BatchError::Query { sql, source }
+            if job.config.memory_limit_mb > 0
+                && matches!(
+                    source.find_root(),
+                    datafusion::error::DataFusionError::ResourcesExhausted(_)
+                ) =>
+        {
+            BatchError::Memory {
+                limit_mb: job.config.memory_limit_mb,
+                sql,
+                source,
+            }
+        }
+        e => e,
+    }
+}
+
+async fn recompute(job: &BatchJob) -> Result<BatchReport, BatchError> {
     let started = Instant::now();
     job.config.validate().map_err(BatchError::Invalid)?;
     for (k, w) in [
@@ -269,6 +318,7 @@ pub async fn run_batch_async(job: &BatchJob) -> Result<BatchReport, BatchError> 
         b
     };
     let cfg = SessionConfig::new().with_target_partitions(threads(job));
+    let runtime = runtime_env(job)?;
     if let Some(h) = horizon {
         for &d in &days {
             let (lo, hi) = views::input_range(job, d);
@@ -278,7 +328,7 @@ pub async fn run_batch_async(job: &BatchJob) -> Result<BatchReport, BatchError> 
                 .filter(|f| f.0 * HOUR_MS < hi && (f.0 + 1) * HOUR_MS > lo)
                 .map(|f| f.1.to_string_lossy().into_owned())
                 .collect();
-            let ctx = SessionContext::new_with_config(cfg.clone());
+            let ctx = SessionContext::new_with_config_rt(cfg.clone(), runtime.clone());
             register_events(&ctx, paths).await?;
             let name = day_name(d);
             for v in DayView::ALL {
@@ -296,7 +346,7 @@ pub async fn run_batch_async(job: &BatchJob) -> Result<BatchReport, BatchError> 
         }
     }
     if !days.is_empty() || full {
-        let ctx = SessionContext::new_with_config(cfg.clone());
+        let ctx = SessionContext::new_with_config_rt(cfg.clone(), runtime.clone());
         let mut have = true;
         for v in ["user_daily", "product_daily", "orders"] {
             let parts = day_files(&job.out.join(v))?;
@@ -511,4 +561,64 @@ fn write_baskets(path: &Path, batches: &[RecordBatch]) -> Result<u64, BatchError
     }
     write_atomic(path, &out)?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::error::DataFusionError;
+
+    #[test]
+    fn running_out_of_memory_under_a_limit_names_the_limit() {
+        let mut job = BatchJob::new(
+            "lake",
+            "views",
+            &cartpulse_engine::PipelineConfig::default(),
+        );
+        let failed = || BatchError::Query {
+            sql: "SELECT 1".into(),
+            source: DataFusionError::Context(
+                "FinalHashAggregateStream".into(),
+                Box::new(DataFusionError::ResourcesExhausted(
+                    "Failed to allocate".into(),
+                )),
+            ),
+        };
+        // no limit set: the error is the query's own
+        assert!(matches!(
+            out_of_memory(&job, failed()),
+            BatchError::Query { .. }
+        ));
+        job.config.memory_limit_mb = 512;
+        let e = out_of_memory(&job, failed());
+        let text = e.to_string();
+        assert!(
+            matches!(e, BatchError::Memory { limit_mb: 512, .. }),
+            "{text}"
+        );
+        assert!(
+            text.contains("memory_limit_mb = 512") && text.contains("SELECT 1"),
+            "{text}"
+        );
+        // any other failure is left as it is
+        let other = BatchError::Query {
+            sql: "SELECT 1".into(),
+            source: DataFusionError::Plan("no such column".into()),
+        };
+        assert!(matches!(
+            out_of_memory(&job, other),
+            BatchError::Query { .. }
+        ));
+    }
+
+    #[test]
+    fn a_tiny_memory_limit_is_refused_with_its_key() {
+        let mut c = crate::BatchConfig {
+            memory_limit_mb: 10,
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().contains("memory_limit_mb"));
+        c.memory_limit_mb = 0;
+        assert!(c.validate().is_ok());
+    }
 }
