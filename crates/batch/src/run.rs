@@ -139,10 +139,7 @@ fn runtime_env(job: &BatchJob) -> Result<Arc<RuntimeEnv>, BatchError> {
         let bytes = job.config.memory_limit_mb << 20;
         b = b.with_memory_pool(Arc::new(FairSpillPool::new(bytes)));
         if let Some(dir) = &job.config.spill_dir {
-            std::fs::create_dir_all(dir).map_err(|source| BatchError::Io {
-                path: dir.clone(),
-                source,
-            })?;
+            fs::create_dir_all(dir).map_err(io(dir))?;
             b = b.with_disk_manager_builder(
                 DiskManagerBuilder::default()
                     .with_mode(DiskManagerMode::Directories(vec![dir.clone()])),

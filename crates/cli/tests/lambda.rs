@@ -505,7 +505,7 @@ fn sliding_windows_reconcile_and_increments_equal_a_full_run() {
 
     // with a memory limit (a pool shared by the queries' operators, spilling to its own
     // directory) the batch layer writes the same views; BENCHMARKS.md shows the spilling at
-    // 20 M events, where it matters
+    // 100 M events, where it matters
     let tight = dir.path().join("tight.toml");
     let mut text = std::fs::read_to_string(&cfg).unwrap();
     text.push_str(&format!(
