@@ -240,6 +240,7 @@ journal_dir = "{journal}"
 type = "parquet"
 dir = "{lake}"
 roll_interval = "1s"
+close_after = "5m"
 [batch]
 interval = "1s"
 views_dir = "{views}"
@@ -297,19 +298,36 @@ addr = "{addr}"
             }
         },
     );
-    // the batch layer catches up with the hours the archive has closed: wait until its
-    // horizon stops moving (it runs every second)
-    let mut horizon = horizon;
-    let mut stable = std::time::Instant::now();
-    while stable.elapsed() < Duration::from_secs(4) {
-        std::thread::sleep(Duration::from_millis(500));
-        let (_, v) = sql(addr, "SELECT 1 AS one");
-        let h = v["horizon_ms"].as_i64().unwrap();
-        if h != horizon {
-            horizon = h;
-            stable = std::time::Instant::now();
-        }
-    }
+    // the batch layer catches up with the hours the archive has closed. With every event
+    // in, the archive ends up closed before the hour holding (newest event - close_after)
+    // once its last partitions roll; wait until a batch run has reached that horizon (a
+    // quiet spell is no proof: one run can outlast it on a loaded machine)
+    const HOUR_MS: i64 = 3_600_000;
+    let archived = || -> Option<(i64, i64)> {
+        let b = std::fs::read(lake.join("_archive.json")).ok()?;
+        let s: serde_json::Value = serde_json::from_slice(&b).ok()?;
+        let max = s["max_event_ms"].as_i64()?;
+        Some((
+            s["complete_before_ms"].as_i64()?,
+            (max - 300_000).div_euclid(HOUR_MS) * HOUR_MS,
+        ))
+    };
+    let horizon = wait_for(
+        "the batch horizon at the archive's final closed hour",
+        Duration::from_secs(120),
+        Duration::from_millis(300),
+        || {
+            let (_, v) = sql(addr, "SELECT 1 AS one");
+            let h = v["horizon_ms"].as_i64();
+            match (h, archived()) {
+                (Some(h), Some((closed, last))) if h == closed && closed == last => Ok(h),
+                (h, a) => Err(format!(
+                    "horizon {h:?}, archive (closed before, final) {a:?}, first seen {horizon}; {}",
+                    p.log_tail(3)
+                )),
+            }
+        },
+    );
     // the batch horizon is behind the newest events (the last hour is still open), so the
     // merged answers need the speed layer
     let (_, v) = sql(addr, "SELECT CAST(MAX(ts) AS BIGINT) AS m FROM events");

@@ -91,15 +91,17 @@ pub struct Catalog {
     cfg: ServingConfig,
     /// Staged epochs read so far (a staged file never changes; it only disappears).
     staged: Mutex<HashMap<PathBuf, Arc<Vec<RecordBatch>>>>,
-    /// Queries run here, not on the caller's runtime: a heavy query must not stall the HTTP
-    /// server's workers (health, metrics, dashboard).
-    rt: Option<tokio::runtime::Runtime>,
+    /// `max_queries` slots; a query holds one until the runtime it ran on has stopped.
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
-impl Drop for Catalog {
+/// A query's runtime on its way down: dropped on a thread that may block, it waits for the
+/// workers; dropped anywhere else (still holding it), it is let go without waiting.
+struct Stopping(Option<tokio::runtime::Runtime>);
+
+impl Drop for Stopping {
     fn drop(&mut self) {
-        // may be dropped inside the HTTP server's runtime, where blocking is not allowed
-        if let Some(rt) = self.rt.take() {
+        if let Some(rt) = self.0.take() {
             rt.shutdown_background();
         }
     }
@@ -118,14 +120,8 @@ impl Catalog {
         cfg: ServingConfig,
     ) -> Result<Catalog, ServingError> {
         cfg.validate().map_err(ServingError::Config)?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads(&cfg))
-            .thread_name("query")
-            .enable_all()
-            .build()
-            .map_err(|e| ServingError::Internal(format!("query runtime: {e}")))?;
         Ok(Catalog {
-            rt: Some(rt),
+            slots: Arc::new(tokio::sync::Semaphore::new(cfg.max_queries)),
             archive: archive.into(),
             views,
             job,
@@ -170,7 +166,14 @@ impl Catalog {
         .await
     }
 
-    /// Runs `f` on the query runtime under the time limit.
+    /// Runs `f` on a runtime of its own under the time limit.
+    ///
+    /// Its own, not the caller's: a heavy query must not stall the HTTP server's workers
+    /// (health, metrics, dashboard). And not one shared by all queries either: cancelling
+    /// only takes effect when the query's operators next yield, and one busy in a long
+    /// computation (a nested-loop join over a big input) can keep its threads for seconds.
+    /// On a shared runtime it would hold up every query behind it; here it only holds its
+    /// slot, and the runtime is shut down as soon as it lets go.
     async fn limited<T, F, Fut>(self: &Arc<Self>, f: F) -> Result<T, ServingError>
     where
         F: FnOnce(Arc<Self>) -> Fut,
@@ -178,13 +181,22 @@ impl Catalog {
         T: Send + 'static,
     {
         let timeout = self.cfg.query_timeout;
-        let task = self
-            .rt
-            .as_ref()
-            .expect("the runtime lives as long as the catalog")
-            .spawn(f(self.clone()));
+        let deadline = tokio::time::Instant::now() + timeout;
+        let slot = match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await
+        {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_)) => return Err(ServingError::Internal("the query slots are closed".into())),
+            Err(_) => return Err(ServingError::Busy(self.cfg.max_queries)),
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads(&self.cfg))
+            .thread_name("query")
+            .enable_all()
+            .build()
+            .map_err(|e| ServingError::Internal(format!("query runtime: {e}")))?;
+        let task = rt.spawn(f(self.clone()));
         let abort = task.abort_handle();
-        match tokio::time::timeout(timeout, task).await {
+        let answer = match tokio::time::timeout_at(deadline, task).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => Err(ServingError::Internal(format!(
                 "the query failed inside the engine: {e}"
@@ -193,7 +205,24 @@ impl Catalog {
                 abort.abort();
                 Err(ServingError::Timeout(timeout))
             }
+        };
+        // Stopping a runtime waits for its workers to come back from what they are running
+        // (and drops every task left, such as the operators' own), which the caller's
+        // runtime must not block on; the slot is given back only then.
+        let stopping = Stopping(Some(rt));
+        let reaper = std::thread::Builder::new()
+            .name("query-stop".into())
+            .spawn(move || {
+                let mut stopping = stopping;
+                drop(stopping.0.take());
+                drop(slot);
+            });
+        if let Err(e) = reaper {
+            // the closure was dropped unrun: `Stopping` let the runtime go without waiting,
+            // and the slot came back with it
+            tracing::warn!(error = %e, "cannot start a thread to stop a query's runtime");
         }
+        answer
     }
 
     /// Checks the statement (one, read-only) and plans it over a fresh context.
@@ -620,5 +649,49 @@ fn classify(e: DataFusionError) -> ServingError {
         | DataFusionError::Execution(_)
         | DataFusionError::ArrowError(..) => ServingError::BadQuery(msg),
         _ => ServingError::Internal(msg),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog(dir: &Path, cfg: ServingConfig) -> Arc<Catalog> {
+        let archive = dir.join("lake");
+        std::fs::create_dir_all(&archive).unwrap();
+        let job = BatchJob::new(
+            &archive,
+            dir.join("views"),
+            &cartpulse_engine::PipelineConfig::default(),
+        );
+        Arc::new(Catalog::new(&archive, None, job, None, cfg).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_query_waits_for_a_slot_within_its_time_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = catalog(
+            dir.path(),
+            ServingConfig {
+                max_queries: 1,
+                query_timeout: Duration::from_millis(300),
+                ..Default::default()
+            },
+        );
+        // a query still winding down after its cancel holds the only slot
+        let held = c.slots.clone().acquire_owned().await.unwrap();
+        let e = c.sql("SELECT 1").await.unwrap_err();
+        assert!(matches!(e, ServingError::Busy(1)), "{e}");
+        assert_eq!((e.status(), e.kind()), (503, "busy"));
+        // given back in time, it is used
+        let c2 = c.clone();
+        let waiting = tokio::spawn(async move { c2.sql("SELECT 1 AS one").await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(held);
+        assert_eq!(waiting.await.unwrap().unwrap().rows, 1);
+        // and every query gives its slot back once its runtime has stopped
+        for _ in 0..3 {
+            c.sql("SELECT 1").await.unwrap();
+        }
     }
 }

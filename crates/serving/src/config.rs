@@ -21,6 +21,10 @@ pub struct ServingConfig {
     pub max_rows: usize,
     /// DataFusion partitions (threads) per query; 0 means the number of cores.
     pub threads: usize,
+    /// Queries running at once. A cancelled query keeps its slot until its threads have
+    /// stopped (an operator in the middle of a long computation stops only when it next
+    /// yields); a query finding every slot taken waits, within its time limit.
+    pub max_queries: usize,
     /// Where the speed layer's window records after the batch horizon are journaled, so a
     /// restart serves them again; default `<checkpoint dir>/serving`.
     pub dir: Option<PathBuf>,
@@ -87,6 +91,7 @@ impl Default for ServingConfig {
             memory_limit_mb: 1024,
             max_rows: 10_000,
             threads: 0,
+            max_queries: 8,
             dir: None,
             postgres: PgConfig::default(),
         }
@@ -103,6 +108,9 @@ impl ServingConfig {
         }
         if self.max_rows == 0 {
             return Err("max_rows: expected at least 1".into());
+        }
+        if self.max_queries == 0 {
+            return Err("max_queries: expected at least 1".into());
         }
         self.postgres.validate()
     }

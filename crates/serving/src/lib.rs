@@ -30,6 +30,12 @@ pub enum ServingError {
     BadQuery(String),
     #[error("the query ran past its time limit ({0:?}) and was cancelled")]
     Timeout(Duration),
+    /// Every query slot stayed taken for the whole time limit.
+    #[error(
+        "all {0} query slots ([serving] max_queries) stayed busy for the query's time limit \
+         (cancelled queries hold theirs until they stop); try again"
+    )]
+    Busy(usize),
     /// Past `memory_limit_mb`.
     #[error("the query needs more memory than its limit allows: {0}")]
     TooBig(String),
@@ -67,6 +73,7 @@ impl ServingError {
             ServingError::BadQuery(_) => 400,
             ServingError::TooBig(_) | ServingError::TooManyRows(_) => 413,
             ServingError::Timeout(_) => 504,
+            ServingError::Busy(_) => 503,
             _ => 500,
         }
     }
@@ -78,6 +85,7 @@ impl ServingError {
             ServingError::TooBig(_) => "memory_limit",
             ServingError::TooManyRows(_) => "too_many_rows",
             ServingError::Timeout(_) => "timeout",
+            ServingError::Busy(_) => "busy",
             _ => "internal",
         }
     }

@@ -558,6 +558,8 @@ fn error_info(e: &ServingError) -> ErrorInfo {
         ServingError::BadQuery(_) => "42601",
         ServingError::TooBig(_) => "53200",
         ServingError::Timeout(_) => "57014",
+        // insufficient_resources: nothing is wrong with the statement, retrying may work
+        ServingError::Busy(_) => "53000",
         ServingError::TooManyRows(_) => "54000",
         _ => "XX000",
     };
@@ -601,6 +603,7 @@ mod tests {
             "57014"
         );
         assert_eq!(error_info(&ServingError::TooManyRows(5)).code, "54000");
+        assert_eq!(error_info(&ServingError::Busy(8)).code, "53000");
         assert_eq!(
             error_info(&ServingError::BadQuery("x".into())).code,
             "42601"
