@@ -6,6 +6,7 @@
 mod common;
 mod live;
 
+use cartpulse_lake::layout::HOUR_MS;
 use common::{bin, gen};
 use live::{free_port, request, wait_for, wait_ready, Proc};
 use serde_json::Value;
@@ -213,6 +214,7 @@ fn same_as_http(what: &str, header: &[String], got: &[Vec<Option<String>>], want
 
 #[test]
 fn merged_views_equal_a_full_recomputation_while_running() {
+    const CLOSE_AFTER_MS: i64 = 300_000;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // ~33 hours of event time over two or three calendar days
@@ -240,7 +242,7 @@ journal_dir = "{journal}"
 type = "parquet"
 dir = "{lake}"
 roll_interval = "1s"
-close_after = "5m"
+close_after = "{close_after}s"
 [batch]
 interval = "1s"
 views_dir = "{views}"
@@ -259,6 +261,7 @@ addr = "{addr}"
             journal = d.join("journal").display(),
             lake = lake.display(),
             views = views.display(),
+            close_after = CLOSE_AFTER_MS / 1000,
         ),
     )
     .unwrap();
@@ -302,14 +305,13 @@ addr = "{addr}"
     // in, the archive ends up closed before the hour holding (newest event - close_after)
     // once its last partitions roll; wait until a batch run has reached that horizon (a
     // quiet spell is no proof: one run can outlast it on a loaded machine)
-    const HOUR_MS: i64 = 3_600_000;
     let archived = || -> Option<(i64, i64)> {
         let b = std::fs::read(lake.join("_archive.json")).ok()?;
         let s: serde_json::Value = serde_json::from_slice(&b).ok()?;
         let max = s["max_event_ms"].as_i64()?;
         Some((
             s["complete_before_ms"].as_i64()?,
-            (max - 300_000).div_euclid(HOUR_MS) * HOUR_MS,
+            (max - CLOSE_AFTER_MS).div_euclid(HOUR_MS) * HOUR_MS,
         ))
     };
     let horizon = wait_for(
